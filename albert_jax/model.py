@@ -1,0 +1,680 @@
+"""ALBERT in Flax Linen: one shared transformer layer, applied with ``nn.scan``.
+
+Weight sharing is expressed by the program: each layer group is a single module whose
+parameters are broadcast (not stacked) across the ``layers_per_group`` scan iterations, so
+the parameter tree holds exactly one copy of each group's weights. ``scan_layers=False``
+calls the same module instance in a Python loop and yields the *same* tree.
+
+Parameter tree (identical for every head; Hugging Face names with ``.N.`` -> ``_N``)::
+
+    albert/embeddings/{word,position,token_type}_embeddings/embedding   [V|P|T, E]
+    albert/embeddings/LayerNorm/{scale,bias}                            [E]
+    albert/encoder/embedding_hidden_mapping_in/{kernel,bias}            [E, H]
+    albert/encoder/albert_layer_groups_{g}/albert_layers_{i}/
+        attention/{query,key,value,dense}/{kernel,bias}                 [H, H]
+        attention/LayerNorm/{scale,bias}                                [H]
+        ffn/{kernel,bias} [H, I]   ffn_output/{kernel,bias} [I, H]
+        full_layer_layer_norm/{scale,bias}                              [H]
+    albert/pooler/{kernel,bias}                    (heads that use the pooled output)
+    predictions/{dense,LayerNorm}/..., predictions/bias [V]    (MLM; decoder tied)
+    sop_classifier/classifier/{kernel,bias}        classifier/{kernel,bias}
+    qa_outputs/{kernel,bias}
+
+Every parameter carries logical axis names (see ``albert_jax.sharding``).
+Shapes: B batch, S sequence length, E embedding size, H hidden size, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from albert_jax.config import AlbertConfig
+
+Array = jax.Array
+
+
+def _quick_gelu(x: Array) -> Array:
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+# The activations of Hugging Face's ACT2FN that ALBERT configs use.
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": functools.partial(jax.nn.gelu, approximate=False),  # exact erf (v1 hub configs)
+    "gelu_new": functools.partial(jax.nn.gelu, approximate=True),  # tanh approximation (v2)
+    "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
+    "gelu_fast": functools.partial(jax.nn.gelu, approximate=True),
+    "quick_gelu": _quick_gelu,
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+    "linear": lambda x: x,
+}
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+# ---------------------------------------------------------------------------- outputs
+@flax.struct.dataclass
+class AlbertOutput:
+    """last_hidden_state [B, S, H]; pooler_output [B, H] or None; hidden_states: tuple of
+    L + 1 arrays [B, S, H] (the first after ``embedding_hidden_mapping_in``); attentions:
+    tuple of L * inner_group_num arrays [B, heads, S, S]."""
+
+    last_hidden_state: Array
+    pooler_output: Array | None = None
+    hidden_states: tuple[Array, ...] | None = None
+    attentions: tuple[Array, ...] | None = None
+
+
+@flax.struct.dataclass
+class MaskedLMOutput:
+    """logits [B, S, V], or [B, P, V] when ``masked_positions`` [B, P] is given."""
+
+    logits: Array
+    hidden_states: tuple[Array, ...] | None = None
+    attentions: tuple[Array, ...] | None = None
+
+
+@flax.struct.dataclass
+class PreTrainingOutput:
+    """prediction_logits [B, S or P, V]; sop_logits [B, 2]."""
+
+    prediction_logits: Array
+    sop_logits: Array
+    hidden_states: tuple[Array, ...] | None = None
+    attentions: tuple[Array, ...] | None = None
+
+
+@flax.struct.dataclass
+class ClassifierOutput:
+    """logits: [B, num_labels] (sequence), [B, S, num_labels] (token), [B, C] (choice)."""
+
+    logits: Array
+    hidden_states: tuple[Array, ...] | None = None
+    attentions: tuple[Array, ...] | None = None
+
+
+@flax.struct.dataclass
+class QuestionAnsweringOutput:
+    """start_logits, end_logits: [B, S]."""
+
+    start_logits: Array
+    end_logits: Array
+    hidden_states: tuple[Array, ...] | None = None
+    attentions: tuple[Array, ...] | None = None
+
+
+# ---------------------------------------------------------------------------- building blocks
+def _init(config: AlbertConfig) -> nn.initializers.Initializer:
+    return nn.initializers.normal(stddev=config.initializer_range)
+
+
+def _dense(config: AlbertConfig, features: int, axes: tuple[str, str], name: str) -> nn.Dense:
+    """A Dense layer ([in, out] kernel, TF layout) with logical axis names."""
+    return nn.Dense(
+        features,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        kernel_init=nn.with_logical_partitioning(_init(config), axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
+        name=name,
+    )
+
+
+def _layer_norm(config: AlbertConfig, axis: str, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_eps,
+        dtype=config.dtype,
+        param_dtype=config.param_dtype,
+        # Two-pass variance, as PyTorch computes it: E[x^2] - E[x]^2 loses digits.
+        use_fast_variance=False,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axis,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axis,)),
+        name=name,
+    )
+
+
+def _constrain(x: Array) -> Array:
+    """Shards a [B, S, H] activation over the batch axes (a no-op without a mesh)."""
+    return nn.with_logical_constraint(x, ("act_batch", "act_len", "act_embed"))
+
+
+class AlbertEmbeddings(nn.Module):
+    """Word + position + token-type embeddings, LayerNorm, dropout: [B, S] -> [B, S, E]."""
+
+    config: AlbertConfig
+
+    def setup(self) -> None:
+        cfg = self.config
+
+        def embed(num: int, axis: str) -> nn.Embed:
+            return nn.Embed(
+                num,
+                cfg.embedding_size,
+                dtype=cfg.dtype,
+                param_dtype=cfg.param_dtype,
+                embedding_init=nn.with_logical_partitioning(_init(cfg), (axis, "embedding")),
+            )
+
+        self.word_embeddings = embed(cfg.vocab_size, "vocab")
+        self.position_embeddings = embed(cfg.max_position_embeddings, "max_len")
+        self.token_type_embeddings = embed(cfg.type_vocab_size, "type_vocab")
+        self.LayerNorm = _layer_norm(cfg, "embedding", "LayerNorm")
+        self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
+
+    def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
+        seq_len = input_ids.shape[-1]
+        if seq_len > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {seq_len} exceeds max_position_embeddings "
+                f"({self.config.max_position_embeddings})"
+            )
+        # Positions are 0..S-1 whatever the padding, so batches are padded on the right.
+        positions = jnp.arange(seq_len)[None, :]
+        x = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(positions)
+            + self.token_type_embeddings(token_type_ids)
+        )
+        x = self.LayerNorm(x)
+        return self.dropout(x, deterministic=deterministic)
+
+    def attend(self, x: Array) -> Array:
+        """The tied decoder: [..., E] @ word_embeddings^T -> [..., V]."""
+        return self.word_embeddings.attend(x)
+
+
+class AlbertAttention(nn.Module):
+    """Multi-head self-attention with ALBERT's post-LayerNorm: [B, S, H] -> [B, S, H]."""
+
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(
+        self, x: Array, mask_bias: Array, deterministic: bool
+    ) -> tuple[Array, Array]:
+        cfg = self.config
+        batch, seq_len, hidden = x.shape
+        heads, head_dim = cfg.num_attention_heads, cfg.head_dim
+
+        def project(name: str) -> Array:
+            y = _dense(cfg, hidden, ("embed", "joined_kv"), name)(x)
+            return y.reshape(batch, seq_len, heads, head_dim)
+
+        query, key, value = project("query"), project("key"), project("value")
+        # Scale the query (S*D products) rather than the scores (S*S): same math, fewer flops.
+        query = query / jnp.sqrt(jnp.asarray(head_dim, query.dtype))
+        scores = jnp.einsum("bqhd,bkhd->bhqk", query, key)
+        # Softmax in float32 whatever the compute dtype; padded keys get the dtype minimum.
+        scores = scores.astype(jnp.float32) + mask_bias
+        probs = jax.nn.softmax(scores, axis=-1)
+        probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
+        context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(value.dtype), value)
+        context = context.reshape(batch, seq_len, hidden)
+        out = _dense(cfg, hidden, ("joined_kv", "embed"), "dense")(context)
+        out = nn.Dropout(cfg.hidden_dropout_prob)(out, deterministic=deterministic)
+        out = _layer_norm(cfg, "embed", "LayerNorm")(x + out)
+        return out, probs
+
+
+class AlbertLayer(nn.Module):
+    """Attention then the feed-forward block, each closed by a residual LayerNorm."""
+
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(
+        self, x: Array, mask_bias: Array, deterministic: bool
+    ) -> tuple[Array, Array]:
+        cfg = self.config
+        attn_out, probs = AlbertAttention(cfg, name="attention")(x, mask_bias, deterministic)
+        y = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "ffn")(attn_out)
+        y = ACTIVATIONS[cfg.hidden_act](y)
+        y = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "ffn_output")(y)
+        # Google's TF code drops out the FFN output; PyTorch does not. Identical at
+        # inference and whenever hidden_dropout_prob is 0 (all v2 models).
+        y = nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic)
+        out = _layer_norm(cfg, "embed", "full_layer_layer_norm")(y + attn_out)
+        return _constrain(out), probs
+
+
+class AlbertLayerGroup(nn.Module):
+    """``inner_group_num`` distinct layers applied in order; the unit that is shared.
+
+    Has the scan body signature ``(carry, *broadcast) -> (carry, per_step_output)``: the
+    per-step output is ``(hidden [B, S, H] or None, (probs [B, heads, S, S], ...) or None)``.
+    """
+
+    config: AlbertConfig
+    output_hidden_states: bool = False
+    output_attentions: bool = False
+
+    @nn.compact
+    def __call__(
+        self, x: Array, mask_bias: Array, deterministic: bool
+    ) -> tuple[Array, tuple[Array | None, tuple[Array, ...] | None]]:
+        all_probs = []
+        for i in range(self.config.inner_group_num):
+            x, probs = AlbertLayer(self.config, name=f"albert_layers_{i}")(
+                x, mask_bias, deterministic
+            )
+            all_probs.append(probs)
+        hidden = x if self.output_hidden_states else None
+        attentions = tuple(all_probs) if self.output_attentions else None
+        return x, (hidden, attentions)
+
+
+class AlbertEncoder(nn.Module):
+    """Maps embeddings to H, then applies each group ``layers_per_group`` times.
+
+    [B, S, E] -> [B, S, H], plus the per-layer hidden states and attention maps if asked.
+    """
+
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(
+        self,
+        embeddings: Array,
+        mask_bias: Array,
+        deterministic: bool,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> tuple[Array, list[Array], list[Array]]:
+        cfg = self.config
+        x = _dense(cfg, cfg.hidden_size, ("embedding", "embed"), "embedding_hidden_mapping_in")(
+            embeddings
+        )
+        x = _constrain(x)
+        all_hidden, all_attn = [x], []
+
+        group_cls: Any = AlbertLayerGroup
+        if cfg.remat != "none":
+            # static_argnums counts self as 0: `deterministic` is argument 3.
+            group_cls = nn.remat(
+                group_cls, prevent_cse=not cfg.scan_layers, static_argnums=(3,),
+                policy=_REMAT_POLICIES[cfg.remat],
+            )
+        if cfg.scan_layers:
+            group_cls = nn.scan(
+                group_cls,
+                variable_broadcast="params",  # ONE copy of the weights, reused every step.
+                split_rngs={"params": False, "dropout": True},
+                in_axes=(nn.broadcast, nn.broadcast),
+                length=cfg.layers_per_group,
+            )
+        for g in range(cfg.num_hidden_groups):
+            group = group_cls(
+                cfg,
+                output_hidden_states=output_hidden_states,
+                output_attentions=output_attentions,
+                name=f"albert_layer_groups_{g}",
+            )
+            if cfg.scan_layers:
+                x, (hidden, attn) = group(x, mask_bias, deterministic)
+                steps = [
+                    (None if hidden is None else hidden[i], None if attn is None else
+                     tuple(a[i] for a in attn))
+                    for i in range(cfg.layers_per_group)
+                ]
+            else:
+                steps = []
+                for _ in range(cfg.layers_per_group):
+                    x, step = group(x, mask_bias, deterministic)
+                    steps.append(step)
+            for hidden, attn in steps:
+                if output_hidden_states:
+                    all_hidden.append(hidden)
+                if output_attentions:
+                    all_attn.extend(attn)
+        return x, all_hidden, all_attn
+
+
+def attention_mask_bias(attention_mask: Array) -> Array:
+    """[B, S] mask of 1 (attend) / 0 (padding) -> additive bias [B, 1, 1, S] in float32."""
+    mask = attention_mask[:, None, None, :].astype(jnp.float32)
+    return (1.0 - mask) * jnp.finfo(jnp.float32).min
+
+
+class AlbertBackbone(nn.Module):
+    """Embeddings, encoder and (optionally) the pooler; every head nests it as ``albert``."""
+
+    config: AlbertConfig
+    add_pooling_layer: bool = True
+
+    def setup(self) -> None:
+        self.embeddings = AlbertEmbeddings(self.config)
+        self.encoder = AlbertEncoder(self.config)
+        if self.add_pooling_layer:
+            self.pooler = _dense(
+                self.config, self.config.hidden_size, ("embed", "embed_out"), "pooler"
+            )
+
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        *,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> AlbertOutput:
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        embeddings = self.embeddings(input_ids, token_type_ids, deterministic)
+        sequence, hidden, attn = self.encoder(
+            embeddings, attention_mask_bias(attention_mask), deterministic,
+            output_hidden_states, output_attentions,
+        )
+        pooled = jnp.tanh(self.pooler(sequence[:, 0])) if self.add_pooling_layer else None
+        return AlbertOutput(
+            last_hidden_state=sequence,
+            pooler_output=pooled,
+            hidden_states=tuple(hidden) if output_hidden_states else None,
+            attentions=tuple(attn) if output_attentions else None,
+        )
+
+    def attend(self, x: Array) -> Array:
+        return self.embeddings.attend(x)
+
+
+class AlbertMLMHead(nn.Module):
+    """Dense H->E, activation, LayerNorm, tied decoder + bias: [..., H] -> [..., V]."""
+
+    config: AlbertConfig
+
+    @nn.compact
+    def __call__(self, x: Array, attend: Callable[[Array], Array]) -> Array:
+        cfg = self.config
+        x = _dense(cfg, cfg.embedding_size, ("embed", "embedding"), "dense")(x)
+        x = ACTIVATIONS[cfg.hidden_act](x)
+        x = _layer_norm(cfg, "embedding", "LayerNorm")(x)
+        if cfg.tie_word_embeddings:
+            logits = attend(x)
+        else:
+            logits = nn.Dense(
+                cfg.vocab_size, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                kernel_init=nn.with_logical_partitioning(_init(cfg), ("embedding", "vocab")),
+                name="decoder",
+            )(x)
+        bias = self.param(
+            "bias",
+            nn.with_logical_partitioning(nn.initializers.zeros_init(), ("vocab",)),
+            (cfg.vocab_size,),
+            cfg.param_dtype,
+        )
+        return logits.astype(jnp.float32) + bias.astype(jnp.float32)
+
+
+def gather_positions(x: Array, positions: Array) -> Array:
+    """x [B, S, H], positions [B, P] -> [B, P, H]."""
+    return jnp.take_along_axis(x, positions[..., None].astype(jnp.int32), axis=1)
+
+
+# ---------------------------------------------------------------------------- public models
+class _Head(nn.Module):
+    """Shared constructor surface of all models: ``Model(config)``."""
+
+    config: AlbertConfig
+
+    def dummy_inputs(self, batch: int = 1, seq_len: int = 8) -> dict[str, Array]:
+        ids = jnp.full((batch, seq_len), 5, dtype=jnp.int32)
+        return {"input_ids": ids}
+
+    def init_params(self, rng: Array, batch: int = 1, seq_len: int = 8) -> dict:
+        """Fresh random parameters (boxed with logical axis names) as ``{"params": ...}``."""
+        return self.init(rng, **self.dummy_inputs(batch, seq_len))
+
+
+class AlbertModel(_Head):
+    """The bare backbone with the pooler: ``AlbertOutput``."""
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        *,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> AlbertOutput:
+        return AlbertBackbone(self.config, name="albert")(
+            input_ids, attention_mask, token_type_ids, deterministic=deterministic,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+        )
+
+
+class AlbertForMaskedLM(_Head):
+    """MLM logits at every position, or only at ``masked_positions`` [B, P] (cheaper)."""
+
+    def setup(self) -> None:
+        self.albert = AlbertBackbone(self.config, add_pooling_layer=False)
+        self.predictions = AlbertMLMHead(self.config)
+
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        *,
+        masked_positions: Array | None = None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> MaskedLMOutput:
+        out = self.albert(
+            input_ids, attention_mask, token_type_ids, deterministic=deterministic,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+        )
+        x = out.last_hidden_state
+        if masked_positions is not None:
+            x = gather_positions(x, masked_positions)
+        return MaskedLMOutput(
+            logits=self.predictions(x, self.albert.attend),
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+class AlbertForPreTraining(_Head):
+    """MLM + sentence-order prediction (SOP) on the pooled output."""
+
+    def setup(self) -> None:
+        self.albert = AlbertBackbone(self.config)
+        self.predictions = AlbertMLMHead(self.config)
+        self.sop_classifier = _ClassifierHead(self.config, features=self.config.num_labels)
+
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        *,
+        masked_positions: Array | None = None,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> PreTrainingOutput:
+        out = self.albert(
+            input_ids, attention_mask, token_type_ids, deterministic=deterministic,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+        )
+        x = out.last_hidden_state
+        if masked_positions is not None:
+            x = gather_positions(x, masked_positions)
+        return PreTrainingOutput(
+            prediction_logits=self.predictions(x, self.albert.attend),
+            sop_logits=self.sop_classifier(out.pooler_output, deterministic),
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+        )
+
+
+class _ClassifierHead(nn.Module):
+    """Dropout then Dense(H -> features); its kernel is named ``classifier``."""
+
+    config: AlbertConfig
+    features: int
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        x = nn.Dropout(self.config.sequence_classifier_dropout)(x, deterministic=deterministic)
+        logits = _dense(self.config, self.features, ("embed", "classes"), "classifier")(x)
+        return logits.astype(jnp.float32)
+
+
+class AlbertForSequenceClassification(_Head):
+    """Pooled output -> dropout -> Dense(num_labels); num_labels 1 means regression."""
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        *,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ClassifierOutput:
+        out = AlbertBackbone(self.config, name="albert")(
+            input_ids, attention_mask, token_type_ids, deterministic=deterministic,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+        )
+        logits = _classifier(self.config, self.config.num_labels)(out.pooler_output, deterministic)
+        return ClassifierOutput(logits, out.hidden_states, out.attentions)
+
+
+def _classifier(config: AlbertConfig, features: int) -> Callable[[Array, bool], Array]:
+    """Dropout + a Dense named ``classifier`` directly under the calling module."""
+    dropout = nn.Dropout(config.sequence_classifier_dropout)
+    dense = _dense(config, features, ("embed", "classes"), "classifier")
+
+    def apply(x: Array, deterministic: bool) -> Array:
+        return dense(dropout(x, deterministic=deterministic)).astype(jnp.float32)
+
+    return apply
+
+
+class AlbertForTokenClassification(_Head):
+    """Dropout -> Dense(num_labels) on every token: logits [B, S, num_labels]."""
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        *,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ClassifierOutput:
+        out = AlbertBackbone(self.config, add_pooling_layer=False, name="albert")(
+            input_ids, attention_mask, token_type_ids, deterministic=deterministic,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+        )
+        logits = _classifier(self.config, self.config.num_labels)(
+            out.last_hidden_state, deterministic
+        )
+        return ClassifierOutput(logits, out.hidden_states, out.attentions)
+
+
+class AlbertForQuestionAnswering(_Head):
+    """Dense(H -> 2) on every token, split into start and end logits [B, S]."""
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        *,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> QuestionAnsweringOutput:
+        out = AlbertBackbone(self.config, add_pooling_layer=False, name="albert")(
+            input_ids, attention_mask, token_type_ids, deterministic=deterministic,
+            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+        )
+        logits = _dense(self.config, 2, ("embed", "classes"), "qa_outputs")(
+            out.last_hidden_state
+        ).astype(jnp.float32)
+        return QuestionAnsweringOutput(
+            logits[..., 0], logits[..., 1], out.hidden_states, out.attentions
+        )
+
+
+class AlbertForMultipleChoice(_Head):
+    """Inputs [B, C, S]; each choice's pooled output -> dropout -> Dense(1): logits [B, C]."""
+
+    def dummy_inputs(self, batch: int = 1, seq_len: int = 8) -> dict[str, Array]:
+        return {"input_ids": jnp.full((batch, 2, seq_len), 5, dtype=jnp.int32)}
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids: Array,
+        attention_mask: Array | None = None,
+        token_type_ids: Array | None = None,
+        *,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ClassifierOutput:
+        batch, choices, seq_len = input_ids.shape
+
+        def flat(x: Array | None) -> Array | None:
+            return None if x is None else x.reshape(batch * choices, seq_len)
+
+        out = AlbertBackbone(self.config, name="albert")(
+            flat(input_ids), flat(attention_mask), flat(token_type_ids),
+            deterministic=deterministic, output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
+        logits = _classifier(self.config, 1)(out.pooler_output, deterministic)
+        return ClassifierOutput(logits.reshape(batch, choices), out.hidden_states, out.attentions)
+
+
+# Head names accepted by ``load_pretrained(..., head=...)``.
+HEADS: dict[str, type[_Head]] = {
+    "base": AlbertModel,
+    "masked_lm": AlbertForMaskedLM,
+    "pretraining": AlbertForPreTraining,
+    "sequence_classification": AlbertForSequenceClassification,
+    "token_classification": AlbertForTokenClassification,
+    "question_answering": AlbertForQuestionAnswering,
+    "multiple_choice": AlbertForMultipleChoice,
+}
+
+
+def model_for_head(head: str, config: AlbertConfig) -> _Head:
+    """The model class for a head name, built on ``config``."""
+    try:
+        return HEADS[head](config)
+    except KeyError:
+        raise ValueError(f"unknown head {head!r} (choose from {', '.join(HEADS)})") from None
+
+
+def count_params(params: Any) -> int:
+    """Number of scalars in a (possibly boxed) parameter tree."""
+    leaves = jax.tree_util.tree_leaves(nn.meta.unbox(params))
+    return sum(int(x.size) for x in leaves)
