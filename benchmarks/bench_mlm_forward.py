@@ -74,7 +74,7 @@ def main() -> None:
     import transformers
 
     from albert_jax.config import PRESETS
-    from albert_jax.pretrained import load_pretrained
+    from albert_jax.pretrained import load_model
 
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = PRESETS["albert-base-v2"]
@@ -88,7 +88,7 @@ def main() -> None:
         transformers.AlbertConfig(**cfg.to_hf_dict())).eval()
     with tempfile.TemporaryDirectory() as tmp:
         torch_model.save_pretrained(tmp)
-        model, params, _ = load_pretrained(tmp, head="masked_lm")
+        model, params = load_model(tmp, head="masked_lm")
 
     rng = np.random.RandomState(0)
     ids = rng.randint(5, cfg.vocab_size, size=(args.batch, args.length))
