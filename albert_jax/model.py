@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import flax.struct
@@ -428,9 +428,15 @@ def gather_positions(x: Array, positions: Array) -> Array:
 
 # ---------------------------------------------------------------------------- public models
 class _Head(nn.Module):
-    """Shared constructor surface of all models: ``Model(config)``."""
+    """The backbone (named ``albert``) followed by a task head: ``Model(config)``.
+
+    ``__call__(input_ids, attention_mask=None, token_type_ids=None, *, deterministic=True,
+    output_hidden_states=False, output_attentions=False, **head_inputs)`` takes [B, S]
+    arrays ([B, C, S] for multiple choice). Subclasses implement :meth:`head`.
+    """
 
     config: AlbertConfig
+    uses_pooler: ClassVar[bool] = True  # Whether the backbone carries the pooler (as in HF).
 
     def dummy_inputs(self, batch: int = 1, seq_len: int = 8) -> dict[str, Array]:
         ids = jnp.full((batch, seq_len), 5, dtype=jnp.int32)
@@ -440,10 +446,6 @@ class _Head(nn.Module):
         """Fresh random parameters (boxed with logical axis names) as ``{"params": ...}``."""
         return self.init(rng, **self.dummy_inputs(batch, seq_len))
 
-
-class AlbertModel(_Head):
-    """The bare backbone with the pooler: ``AlbertOutput``."""
-
     @nn.compact
     def __call__(
         self,
@@ -454,145 +456,98 @@ class AlbertModel(_Head):
         deterministic: bool = True,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
-    ) -> AlbertOutput:
-        return AlbertBackbone(self.config, name="albert")(
-            input_ids, attention_mask, token_type_ids, deterministic=deterministic,
-            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
+        **head_inputs: Any,
+    ) -> Any:
+        shape = input_ids.shape
+
+        def flat(x: Array | None) -> Array | None:  # [..., S] -> [N, S]; a no-op for [B, S].
+            return None if x is None else x.reshape(-1, shape[-1])
+
+        backbone = AlbertBackbone(self.config, add_pooling_layer=self.uses_pooler, name="albert")
+        out = backbone(
+            flat(input_ids), flat(attention_mask), flat(token_type_ids),
+            deterministic=deterministic, output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
         )
+        return self.head(backbone, out, deterministic, shape, **head_inputs)
+
+    def head(
+        self, backbone: AlbertBackbone, out: AlbertOutput, deterministic: bool,
+        input_shape: tuple[int, ...], **head_inputs: Any,
+    ) -> Any:
+        raise NotImplementedError
+
+
+class AlbertModel(_Head):
+    """The bare backbone with the pooler: ``AlbertOutput``."""
+
+    def head(self, backbone, out, deterministic, input_shape):
+        return out
+
+
+def _mlm_logits(config: AlbertConfig, backbone: AlbertBackbone, x: Array,
+                masked_positions: Array | None) -> Array:
+    """MLM logits [B, S, V], or [B, P, V] at ``masked_positions`` [B, P] (cheaper)."""
+    if masked_positions is not None:
+        x = gather_positions(x, masked_positions)
+    return AlbertMLMHead(config, name="predictions")(x, backbone.attend)
 
 
 class AlbertForMaskedLM(_Head):
-    """MLM logits at every position, or only at ``masked_positions`` [B, P] (cheaper)."""
+    """MLM logits at every position, or only at ``masked_positions`` [B, P]."""
 
-    def setup(self) -> None:
-        self.albert = AlbertBackbone(self.config, add_pooling_layer=False)
-        self.predictions = AlbertMLMHead(self.config)
+    uses_pooler = False
 
-    def __call__(
-        self,
-        input_ids: Array,
-        attention_mask: Array | None = None,
-        token_type_ids: Array | None = None,
-        *,
-        masked_positions: Array | None = None,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> MaskedLMOutput:
-        out = self.albert(
-            input_ids, attention_mask, token_type_ids, deterministic=deterministic,
-            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
-        )
-        x = out.last_hidden_state
-        if masked_positions is not None:
-            x = gather_positions(x, masked_positions)
-        return MaskedLMOutput(
-            logits=self.predictions(x, self.albert.attend),
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
-        )
+    def head(self, backbone, out, deterministic, input_shape, masked_positions=None):
+        logits = _mlm_logits(self.config, backbone, out.last_hidden_state, masked_positions)
+        return MaskedLMOutput(logits, out.hidden_states, out.attentions)
 
 
 class AlbertForPreTraining(_Head):
     """MLM + sentence-order prediction (SOP) on the pooled output."""
 
-    def setup(self) -> None:
-        self.albert = AlbertBackbone(self.config)
-        self.predictions = AlbertMLMHead(self.config)
-        self.sop_classifier = _ClassifierHead(self.config, features=self.config.num_labels)
-
-    def __call__(
-        self,
-        input_ids: Array,
-        attention_mask: Array | None = None,
-        token_type_ids: Array | None = None,
-        *,
-        masked_positions: Array | None = None,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> PreTrainingOutput:
-        out = self.albert(
-            input_ids, attention_mask, token_type_ids, deterministic=deterministic,
-            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
-        )
-        x = out.last_hidden_state
-        if masked_positions is not None:
-            x = gather_positions(x, masked_positions)
+    def head(self, backbone, out, deterministic, input_shape, masked_positions=None):
+        logits = _mlm_logits(self.config, backbone, out.last_hidden_state, masked_positions)
+        sop = _ClassifierHead(self.config, self.config.num_labels, name="sop_classifier")
         return PreTrainingOutput(
-            prediction_logits=self.predictions(x, self.albert.attend),
-            sop_logits=self.sop_classifier(out.pooler_output, deterministic),
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
+            logits, sop(out.pooler_output, deterministic), out.hidden_states, out.attentions
         )
 
 
 class _ClassifierHead(nn.Module):
-    """Dropout then Dense(H -> features); its kernel is named ``classifier``."""
+    """Dropout then Dense(H -> features) named ``classifier``: [..., H] -> [..., features]."""
 
     config: AlbertConfig
     features: int
 
     @nn.compact
     def __call__(self, x: Array, deterministic: bool) -> Array:
-        x = nn.Dropout(self.config.sequence_classifier_dropout)(x, deterministic=deterministic)
-        logits = _dense(self.config, self.features, ("embed", "classes"), "classifier")(x)
-        return logits.astype(jnp.float32)
+        return _classify(self.config, self.features, x, deterministic)
+
+
+def _classify(config: AlbertConfig, features: int, x: Array, deterministic: bool) -> Array:
+    """Dropout + a Dense named ``classifier`` directly under the calling module."""
+    x = nn.Dropout(config.sequence_classifier_dropout)(x, deterministic=deterministic)
+    logits = _dense(config, features, ("embed", "classes"), "classifier")(x)
+    return logits.astype(jnp.float32)
 
 
 class AlbertForSequenceClassification(_Head):
     """Pooled output -> dropout -> Dense(num_labels); num_labels 1 means regression."""
 
-    @nn.compact
-    def __call__(
-        self,
-        input_ids: Array,
-        attention_mask: Array | None = None,
-        token_type_ids: Array | None = None,
-        *,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> ClassifierOutput:
-        out = AlbertBackbone(self.config, name="albert")(
-            input_ids, attention_mask, token_type_ids, deterministic=deterministic,
-            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
-        )
-        logits = _classifier(self.config, self.config.num_labels)(out.pooler_output, deterministic)
+    def head(self, backbone, out, deterministic, input_shape):
+        logits = _classify(self.config, self.config.num_labels, out.pooler_output, deterministic)
         return ClassifierOutput(logits, out.hidden_states, out.attentions)
-
-
-def _classifier(config: AlbertConfig, features: int) -> Callable[[Array, bool], Array]:
-    """Dropout + a Dense named ``classifier`` directly under the calling module."""
-    dropout = nn.Dropout(config.sequence_classifier_dropout)
-    dense = _dense(config, features, ("embed", "classes"), "classifier")
-
-    def apply(x: Array, deterministic: bool) -> Array:
-        return dense(dropout(x, deterministic=deterministic)).astype(jnp.float32)
-
-    return apply
 
 
 class AlbertForTokenClassification(_Head):
     """Dropout -> Dense(num_labels) on every token: logits [B, S, num_labels]."""
 
-    @nn.compact
-    def __call__(
-        self,
-        input_ids: Array,
-        attention_mask: Array | None = None,
-        token_type_ids: Array | None = None,
-        *,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> ClassifierOutput:
-        out = AlbertBackbone(self.config, add_pooling_layer=False, name="albert")(
-            input_ids, attention_mask, token_type_ids, deterministic=deterministic,
-            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
-        )
-        logits = _classifier(self.config, self.config.num_labels)(
-            out.last_hidden_state, deterministic
+    uses_pooler = False
+
+    def head(self, backbone, out, deterministic, input_shape):
+        logits = _classify(
+            self.config, self.config.num_labels, out.last_hidden_state, deterministic
         )
         return ClassifierOutput(logits, out.hidden_states, out.attentions)
 
@@ -600,21 +555,9 @@ class AlbertForTokenClassification(_Head):
 class AlbertForQuestionAnswering(_Head):
     """Dense(H -> 2) on every token, split into start and end logits [B, S]."""
 
-    @nn.compact
-    def __call__(
-        self,
-        input_ids: Array,
-        attention_mask: Array | None = None,
-        token_type_ids: Array | None = None,
-        *,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> QuestionAnsweringOutput:
-        out = AlbertBackbone(self.config, add_pooling_layer=False, name="albert")(
-            input_ids, attention_mask, token_type_ids, deterministic=deterministic,
-            output_hidden_states=output_hidden_states, output_attentions=output_attentions,
-        )
+    uses_pooler = False
+
+    def head(self, backbone, out, deterministic, input_shape):
         logits = _dense(self.config, 2, ("embed", "classes"), "qa_outputs")(
             out.last_hidden_state
         ).astype(jnp.float32)
@@ -624,34 +567,18 @@ class AlbertForQuestionAnswering(_Head):
 
 
 class AlbertForMultipleChoice(_Head):
-    """Inputs [B, C, S]; each choice's pooled output -> dropout -> Dense(1): logits [B, C]."""
+    """Inputs [B, C, S]; each choice's pooled output -> dropout -> Dense(1): logits [B, C].
+
+    Hidden states and attention maps come back flattened to B * C rows, as in transformers.
+    """
 
     def dummy_inputs(self, batch: int = 1, seq_len: int = 8) -> dict[str, Array]:
         return {"input_ids": jnp.full((batch, 2, seq_len), 5, dtype=jnp.int32)}
 
-    @nn.compact
-    def __call__(
-        self,
-        input_ids: Array,
-        attention_mask: Array | None = None,
-        token_type_ids: Array | None = None,
-        *,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
-    ) -> ClassifierOutput:
-        batch, choices, seq_len = input_ids.shape
-
-        def flat(x: Array | None) -> Array | None:
-            return None if x is None else x.reshape(batch * choices, seq_len)
-
-        out = AlbertBackbone(self.config, name="albert")(
-            flat(input_ids), flat(attention_mask), flat(token_type_ids),
-            deterministic=deterministic, output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
-        )
-        logits = _classifier(self.config, 1)(out.pooler_output, deterministic)
-        return ClassifierOutput(logits.reshape(batch, choices), out.hidden_states, out.attentions)
+    def head(self, backbone, out, deterministic, input_shape):
+        logits = _classify(self.config, 1, out.pooler_output, deterministic)
+        return ClassifierOutput(logits.reshape(input_shape[:-1]), out.hidden_states,
+                                out.attentions)
 
 
 # Head names accepted by ``load_pretrained(..., head=...)``.
