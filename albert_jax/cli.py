@@ -1,7 +1,23 @@
-"""The ``albert-jax`` command line: ``fill-mask`` and ``convert``.
+"""The ``albert-jax`` command line: ``fill-mask``, ``score`` and ``convert``.
 
 User mistakes (bad input, missing model, unreadable checkpoint) end in one line on stderr,
 ``albert-jax: error: ...``, and exit status 2; no traceback.
+
+``score`` (batch scoring of a file, one text per line) has its own bad-line policy: a line
+that cannot be processed does not stop the run. Such a line is
+
+- empty (nothing but whitespace),
+- longer than the model (or ``--max-length``) allows, counted in tokens with [CLS]/[SEP]
+  (no truncation: a truncated score would be silently wrong),
+- for ``fill-mask``, a line without exactly one ``[MASK]``,
+- for ``pll``, a line with no token to score;
+
+it yields the record ``{"line": n, "error": "..."}`` (n counts from 1) in its place and the
+run continues. Lines that are not valid UTF-8 are decoded with U+FFFD replacements and
+their record carries ``"invalid_utf8": true``. Exit status: 0 when every line was scored,
+1 when any line failed, 2 for usage errors (bad options, missing model, unreadable input).
+The output is written to a temporary file in the same directory and renamed at the end,
+so a failed or interrupted run leaves nothing half-written.
 """
 
 from __future__ import annotations
@@ -9,8 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
 
 PROG = "albert-jax"
 DEFAULT_MODEL = "albert-base-v2"
@@ -83,6 +105,163 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     return 2 if errors else 0
 
 
+def _read_lines(path: str) -> list[tuple[str, bool]]:
+    """(text, had invalid UTF-8) per line of ``path`` (``-``: stdin)."""
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else (
+                sys.stdin.read().encode("utf-8"))
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read {path}: {e.strerror or e}") from None
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for raw in lines:
+        raw = raw.removesuffix(b"\r")
+        try:
+            out.append((raw.decode("utf-8"), False))
+        except UnicodeDecodeError:
+            out.append((raw.decode("utf-8", errors="replace"), True))
+    return out
+
+
+class _AtomicWriter:
+    """A temporary file beside ``path``, renamed onto it by ``commit()``; removed otherwise."""
+
+    def __init__(self, path: str, binary: bool = False) -> None:
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            raise UserError(f"cannot write {path}: no directory {directory}")
+        fd, self.tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
+                                        suffix=".tmp")
+        self.path = path
+        self.file = os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8")
+
+    def commit(self) -> None:
+        self.file.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp creates 0600: give the usual mode.
+        os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.file.close()
+        if os.path.exists(self.tmp):
+            os.unlink(self.tmp)
+
+
+def _load_task(args: argparse.Namespace):
+    from albert_jax import hub
+    from albert_jax.config import ConfigError
+    from albert_jax.conversion import ConversionError
+    from albert_jax.inference import Embedder, FillMask, PseudoLogLikelihood
+
+    cls = {"fill-mask": FillMask, "pll": PseudoLogLikelihood, "embed": Embedder}[args.task]
+    kwargs = dict(batch_size=args.batch_size, max_length=args.max_length, data=args.data,
+                  fsdp=args.fsdp, tensor=args.tensor, cache_dir=args.cache_dir,
+                  dtype=args.dtype)
+    if args.task == "pll":
+        kwargs["word_l2r"] = args.word_l2r
+    if args.task == "embed":
+        kwargs["pooling"] = args.pooling
+    try:
+        return cls.from_pretrained(args.model, **kwargs)
+    except (hub.ModelNotFoundError, ConversionError, ConfigError, FileNotFoundError) as e:
+        raise UserError(f"cannot load model {args.model!r}: {e}") from None
+    except ValueError as e:  # Bad engine options (mesh sizes, max length).
+        raise UserError(str(e)) from None
+
+
+def _score_records(task, args, lines) -> Iterator[tuple[int, dict, Any]]:
+    """(line index, record, embedding or None) per input line, in input order."""
+    prepared: dict[int, Any] = {}
+    errors: dict[int, str] = {}
+    for i, (text, _) in enumerate(lines):
+        try:
+            if not text.strip():
+                raise ValueError("empty line")
+            prepared[i] = task.prepare(text)
+        except ValueError as e:
+            errors[i] = str(e).removeprefix("input ")
+    valid = [i for i in range(len(lines)) if i in prepared]
+    if args.task == "fill-mask":
+        results = task.stream_probabilities(prepared[i] for i in valid)
+    else:
+        results = task.stream(prepared[i] for i in valid)
+    for i, (text, bad_utf8) in enumerate(lines):
+        record: dict[str, Any] = {"line": i + 1}
+        vector = None
+        if i in errors:
+            record["error"] = errors[i]
+        else:
+            out = next(results)
+            record["input"] = text
+            record["num_tokens"] = (len(prepared[i].ids) if args.task == "fill-mask"
+                                    else len(prepared[i]))
+            if args.task == "fill-mask":
+                record["predictions"] = task.format(prepared[i], out, args.top_k, None)
+            elif args.task == "pll":
+                record.update(out.to_dict())  # num_tokens: the tokens scored.
+            else:
+                vector = out
+        if bad_utf8:
+            record["invalid_utf8"] = True
+        yield i, record, vector
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.top_k < 1:
+        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.max_length is not None and args.max_length < 3:
+        raise UserError(f"--max-length must be at least 3, got {args.max_length}")
+    if args.task == "embed" and not args.output.endswith(".npy"):
+        raise UserError(f"--task embed writes a .npy array: --output must end in .npy, "
+                        f"got {args.output!r}")
+    lines = _read_lines(args.input)
+    task = _load_task(args)
+    start = time.perf_counter()
+    embed = args.task == "embed"
+    status_path = args.output[: -len(".npy")] + ".jsonl" if embed else args.output
+    writer = _AtomicWriter(status_path)
+    array_writer = None
+    failed = tokens = 0
+    try:
+        vectors = (np.full((len(lines), task.model.config.hidden_size), np.nan, np.float32)
+                   if embed else None)
+        with tqdm(total=len(lines), unit="line", file=sys.stderr, disable=args.quiet) as bar:
+            for i, record, vector in _score_records(task, args, lines):
+                failed += "error" in record
+                tokens += record.get("num_tokens", 0)
+                if vector is not None:
+                    vectors[i] = vector
+                writer.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+                bar.update(1)
+        if embed:
+            array_writer = _AtomicWriter(args.output, binary=True)
+            np.save(array_writer.file, vectors)
+            array_writer.commit()
+        writer.commit()
+    except BaseException:
+        writer.discard()
+        if array_writer is not None:
+            array_writer.discard()
+        raise
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    done = len(lines) - failed
+    print(f"{PROG}: {args.task}: {done} of {len(lines)} lines scored ({failed} failed) in "
+          f"{elapsed:.2f} s: {done / elapsed:.1f} inputs/s, {tokens / elapsed:.0f} tokens/s",
+          file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
     from albert_jax import hub
     from albert_jax.config import ConfigError
@@ -115,6 +294,35 @@ def build_parser() -> argparse.ArgumentParser:
     fm.add_argument("--json", action="store_true",
                     help="one JSON object per input: {input, predictions} or {input, error}")
     fm.set_defaults(func=cmd_fill_mask)
+
+    sc = sub.add_parser(
+        "score",
+        help="batch scoring of a file: fill-mask, pseudo-log-likelihood or embeddings",
+        description="One text per line in; JSON Lines out in input order (embed: a .npy "
+        "array plus a .jsonl status file beside it). A bad line (empty, too long, no single "
+        "[MASK] for fill-mask) yields {line, error} and the run goes on; exit status 1 if "
+        "any line failed.",
+    )
+    sc.add_argument("--task", required=True, choices=("fill-mask", "pll", "embed"))
+    sc.add_argument("--model", default=DEFAULT_MODEL, help="hub name or directory "
+                    f"(default: {DEFAULT_MODEL})")
+    sc.add_argument("--input", required=True, help="text file, one input per line; - for stdin")
+    sc.add_argument("--output", required=True, help="JSON Lines file (embed: .npy)")
+    sc.add_argument("--batch-size", type=int, default=32, help="rows per step (default 32)")
+    sc.add_argument("--max-length", type=int, default=None,
+                    help="longest input in tokens (default: the model's maximum)")
+    sc.add_argument("--top-k", type=int, default=5, help="fill-mask completions (default 5)")
+    sc.add_argument("--pooling", choices=("pooled", "cls", "mean"), default="mean",
+                    help="embed: pooler output, [CLS] state or masked mean (default)")
+    sc.add_argument("--word-l2r", action="store_true",
+                    help="pll: also mask the rest of the scored piece's word (PLL-word-l2r)")
+    sc.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    sc.add_argument("--data", type=int, default=-1, help="data-parallel devices (default all)")
+    sc.add_argument("--fsdp", type=int, default=1)
+    sc.add_argument("--tensor", type=int, default=1, help="tensor-parallel devices")
+    sc.add_argument("--cache-dir", help="persistent compilation cache directory")
+    sc.add_argument("--quiet", action="store_true", help="no progress bar")
+    sc.set_defaults(func=cmd_score)
 
     cv = sub.add_parser(
         "convert",

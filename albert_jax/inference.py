@@ -1,37 +1,110 @@
-"""Fill-mask inference: bucketed, jit-compiled, MLM head only at the mask positions.
+"""Inference tasks over the batch-scoring engine: fill-mask, pseudo-log-likelihood, embeddings.
 
-Inputs are sorted by length and packed into batches whose shapes come from a small fixed
-set (``length_buckets`` x ``batch_buckets``), so a run compiles at most once per shape it
-uses, whatever the mix of input lengths. The vocabulary projection (H -> E -> V) runs only
-at the ``[MASK]`` position of each row: [B, 1, V] instead of [B, S, V].
+All three go through :class:`albert_jax.engine.Engine`: inputs are sorted by length and
+packed into batches whose shapes come from a small fixed set (``length_buckets`` x
+``batch_buckets``), so a run compiles at most once per shape it uses, whatever the mix of
+input lengths; batches are sharded over the ``data`` axis of a device mesh. The vocabulary
+projection (H -> E -> V) runs only at the masked position of each row: [B, 1, V] instead
+of [B, S, V].
+
+- :class:`FillMask`: transformers' fill-mask pipeline format.
+- :class:`PseudoLogLikelihood`: PLL sentence scores (Salazar et al. 2020), optionally
+  PLL-word-l2r (the pieces of the same word to the right of the scored piece are masked
+  too).
+- :class:`Embedder`: pooled output, [CLS] hidden state or masked mean of the last layer.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from albert_jax.engine import (
+    DEFAULT_BATCH_BUCKETS,
+    DEFAULT_LENGTH_BUCKETS,
+    Engine,
+    EngineOptions,
+    Row,
+    bucket_for,
+)
 from albert_jax.model import AlbertForMaskedLM
 from albert_jax.tokenizer import AlbertTokenizer
 
+__all__ = [
+    "DEFAULT_BATCH_BUCKETS",
+    "DEFAULT_LENGTH_BUCKETS",
+    "Embedder",
+    "FillMask",
+    "PseudoLogLikelihood",
+    "bucket_for",
+]
+
+# Keyword arguments that the task constructors take (the rest goes to load_pretrained).
+_ENGINE_KWARGS = frozenset(f.name for f in dataclasses.fields(EngineOptions))
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512)
-DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32)
+class _Task:
+    """Shared surface of the tasks: an :class:`Engine` over a model, and the tokenizer."""
 
+    head = "masked_lm"
 
-def bucket_for(n: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket >= n (buckets sorted ascending); ValueError if none fits."""
-    for b in buckets:
-        if b >= n:
-            return b
-    raise ValueError(f"{n} exceeds the largest bucket {buckets[-1]}")
+    def __init__(self, model: Any, params: Any, tokenizer: AlbertTokenizer,
+                 options: EngineOptions | None = None, **engine_kwargs: Any) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.engine = Engine(model, params, options, **engine_kwargs)
+        self.max_length = self.engine.max_length
+        self.length_buckets = self.engine.length_buckets
+        self.batch_buckets = self.engine.batch_buckets
+        self.batch_size = self.engine.batch_size
+
+    @property
+    def params(self) -> Any:
+        return self.engine.params
+
+    @property
+    def num_traces(self) -> int:
+        """How often the engine's steps were traced (= compiled): tests bound it."""
+        return self.engine.num_traces
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, **kwargs: Any):
+        """Loads model, parameters and tokenizer (see :func:`albert_jax.load_pretrained`).
+
+        :class:`EngineOptions` fields (``batch_size``, ``length_buckets``, ``data``,
+        ``tensor``, ``cache_dir``, ...) and ``options`` go to the engine, task options
+        (``pooling``, ``word_l2r``) to the task, the rest (``dtype``, ...) to
+        ``load_pretrained``.
+        """
+        from albert_jax.pretrained import load_pretrained
+
+        own = {k: kwargs.pop(k) for k in list(kwargs)
+               if k in _ENGINE_KWARGS or k in cls._task_kwargs or k == "options"}
+        model, params, tokenizer = load_pretrained(name_or_path, head=cls.head, **kwargs)
+        return cls(model, params, tokenizer, **own)
+
+    _task_kwargs: frozenset[str] = frozenset()
+
+    def encode(self, text: str, index: int | None = None) -> list[int]:
+        """Token ids of ``text``; ValueError naming the input when empty or too long."""
+        where = f"input {index} " if index is not None else "input "
+        if not isinstance(text, str):
+            raise ValueError(f"{where}must be a string, got {type(text).__name__}")
+        ids = self.tokenizer.encode(text)
+        if len(ids) <= 2:
+            raise ValueError(f"{where}{text!r} is empty")
+        if len(ids) > self.max_length:
+            raise ValueError(
+                f"{where}{text!r} is {len(ids)} tokens long; the model accepts at most "
+                f"{self.max_length}"
+            )
+        return ids
 
 
 @dataclasses.dataclass
@@ -42,13 +115,15 @@ class _Prepared:
     mask_index: int
 
 
-class FillMask:
+class FillMask(_Task):
     """Ranks completions of the single ``[MASK]`` in each text.
 
     ``fm(text, top_k=5, targets=None)`` returns transformers' fill-mask format: a list of
     ``{"score", "token", "token_str", "sequence"}`` for a string, a list of such lists for a
     list of strings. ``score`` is the softmax over the whole vocabulary; with ``targets``
-    the scores of those tokens (not renormalised), best first.
+    the scores of those tokens (not renormalised), best first. Runs through the
+    :class:`~albert_jax.engine.Engine` (step ``"probs"``: the vocabulary projection only
+    at the mask).
     """
 
     def __init__(
@@ -56,46 +131,12 @@ class FillMask:
         model: AlbertForMaskedLM,
         params: Any,
         tokenizer: AlbertTokenizer,
-        *,
-        batch_size: int = 32,
-        length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
+        options: EngineOptions | None = None,
+        **engine_kwargs: Any,
     ) -> None:
-        self.model = model
-        self.params = params
-        self.tokenizer = tokenizer
-        self.max_length = model.config.max_position_embeddings
-        self.length_buckets = tuple(sorted({min(b, self.max_length) for b in length_buckets}))
-        if self.length_buckets[-1] < self.max_length:
-            self.length_buckets += (self.max_length,)
-        smaller = (b for b in DEFAULT_BATCH_BUCKETS if b < batch_size)
-        self.batch_buckets = (*smaller, batch_size)
-        self.batch_size = batch_size
-        self.num_traces = 0  # How often the step was traced (= compiled): tests bound it.
-        self._step = jax.jit(self._probs_at_mask)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, **kwargs: Any) -> FillMask:
-        """Loads model, parameters and tokenizer (see :func:`albert_jax.load_pretrained`).
-
-        Keyword arguments ``batch_size`` and ``length_buckets`` go to the constructor, the
-        rest (``dtype``, ...) to ``load_pretrained``.
-        """
-        from albert_jax.pretrained import load_pretrained
-
-        own = {k: kwargs.pop(k) for k in ("batch_size", "length_buckets") if k in kwargs}
-        model, params, tokenizer = load_pretrained(name_or_path, head="masked_lm", **kwargs)
-        return cls(model, params, tokenizer, **own)
-
-    # ------------------------------------------------------------------ device step
-    def _probs_at_mask(
-        self, params: Any, input_ids: jax.Array, attention_mask: jax.Array, mask_index: jax.Array
-    ) -> jax.Array:
-        """[B, S] ids, [B, S] mask, [B] mask positions -> [B, V] probabilities."""
-        self.num_traces += 1
-        out = self.model.apply(
-            params, input_ids, attention_mask, masked_positions=mask_index[:, None]
-        )
-        return jax.nn.softmax(out.logits[:, 0, :].astype(jnp.float32), axis=-1)
+        """``engine_kwargs``: :class:`EngineOptions` fields (``batch_size=32``,
+        ``length_buckets``, ``data``/``fsdp``/``tensor``, ...)."""
+        super().__init__(model, params, tokenizer, options, **engine_kwargs)
 
     # ------------------------------------------------------------------ host side
     def prepare(self, text: str, index: int | None = None) -> _Prepared:
@@ -147,24 +188,14 @@ class FillMask:
 
     def probabilities(self, prepared: Sequence[_Prepared]) -> np.ndarray:
         """[N, V] probabilities at the mask of each prepared input, in input order."""
-        order = sorted(range(len(prepared)), key=lambda i: len(prepared[i].ids))
-        out = np.empty((len(prepared), self.model.config.vocab_size), dtype=np.float32)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            rows = bucket_for(len(chunk), self.batch_buckets)
-            length = bucket_for(max(len(prepared[i].ids) for i in chunk), self.length_buckets)
-            ids = np.zeros((rows, length), dtype=np.int32)  # pad id 0; padded rows masked out
-            mask = np.zeros((rows, length), dtype=np.int32)
-            mask_index = np.zeros((rows,), dtype=np.int32)
-            for r, i in enumerate(chunk):
-                n = len(prepared[i].ids)
-                ids[r, :n] = prepared[i].ids
-                mask[r, :n] = 1
-                mask_index[r] = prepared[i].mask_index
-            mask[len(chunk):, 0] = 1  # Dummy rows attend to one token: no all-masked softmax.
-            probs = np.asarray(self._step(self.params, ids, mask, mask_index))
-            out[chunk] = probs[: len(chunk)]
-        return out
+        rows = [Row(p.ids, position=p.mask_index) for p in prepared]
+        return self.engine.run_rows("probs", rows)
+
+    def stream_probabilities(self, prepared: Iterable[_Prepared]) -> Iterator[np.ndarray]:
+        """[V] probabilities for each prepared input, streamed in input order."""
+        groups = ([Row(p.ids, position=p.mask_index)] for p in prepared)
+        for out in self.engine.stream("probs", groups):
+            yield out[0]
 
     def format(
         self, prepared: _Prepared, probs: np.ndarray, top_k: int, targets: np.ndarray | None
@@ -203,3 +234,145 @@ class FillMask:
         results = [self.format(p, probs[i], top_k, target_ids) for i, p in enumerate(prepared)]
         return results[0] if single else results
 
+
+
+@dataclasses.dataclass
+class PLLResult:
+    """A sentence's pseudo-log-likelihood: the sum of the log-probabilities of its tokens,
+    each predicted with itself masked (and, for word-l2r, the rest of its word to the
+    right), and ``pseudo_perplexity = exp(-total / num_tokens)``."""
+
+    total_logprob: float
+    pseudo_perplexity: float
+    tokens: list[str]
+    token_logprobs: list[float]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+    def to_dict(self) -> dict:
+        return {"total_logprob": self.total_logprob,
+                "pseudo_perplexity": self.pseudo_perplexity,
+                "num_tokens": self.num_tokens, "tokens": self.tokens,
+                "token_logprobs": self.token_logprobs}
+
+
+class PseudoLogLikelihood(_Task):
+    """Pseudo-log-likelihood scores (Salazar et al. 2020, "Masked Language Model Scoring").
+
+    Every non-special token of a sentence is masked in turn; all the masked copies of all
+    sentences (of one engine window) are sorted by length and batched together. With
+    ``word_l2r=True`` (PLL-word-l2r, Kauf & Ivanova 2023) the pieces of the same word to
+    the right of the scored piece are masked as well (a word starts at a piece beginning
+    with "▁"). ``pll(text)`` -> :class:`PLLResult`; ``pll(list)`` -> list of them.
+    """
+
+    _task_kwargs = frozenset({"word_l2r"})
+
+    def __init__(self, model: AlbertForMaskedLM, params: Any, tokenizer: AlbertTokenizer,
+                 options: EngineOptions | None = None, *, word_l2r: bool = False,
+                 **engine_kwargs: Any) -> None:
+        super().__init__(model, params, tokenizer, options, **engine_kwargs)
+        self.word_l2r = word_l2r
+        self._special = {tokenizer.cls_token_id, tokenizer.sep_token_id,
+                         tokenizer.pad_token_id, tokenizer.mask_token_id}
+
+    def scored_positions(self, ids: Sequence[int]) -> list[int]:
+        return [i for i, t in enumerate(ids) if t not in self._special]
+
+    def rows(self, ids: Sequence[int]) -> list[Row]:
+        """The masked copies of one sentence: one row per scored token."""
+        mask_id = self.tokenizer.mask_token_id
+        positions = self.scored_positions(ids)
+        pieces = self.tokenizer.convert_ids_to_tokens(list(ids))
+        rows = []
+        for p in positions:
+            masked = list(ids)
+            masked[p] = mask_id
+            if self.word_l2r:
+                q = p + 1
+                while (q < len(ids) and ids[q] not in self._special
+                       and not pieces[q].startswith("▁")):
+                    masked[q] = mask_id
+                    q += 1
+            rows.append(Row(masked, position=p, target=ids[p]))
+        return rows
+
+    def prepare(self, text: str, index: int | None = None) -> list[int]:
+        ids = self.encode(text, index)
+        if not self.scored_positions(ids):
+            where = f"input {index} " if index is not None else "input "
+            raise ValueError(f"{where}{text!r} has no token to score")
+        return ids
+
+    def result(self, ids: Sequence[int], logprobs: np.ndarray) -> PLLResult:
+        positions = self.scored_positions(ids)
+        values = [float(x) for x in np.asarray(logprobs, dtype=np.float64)]
+        total = float(np.sum(values))
+        return PLLResult(
+            total_logprob=total,
+            pseudo_perplexity=float(np.exp(-total / len(values))),
+            tokens=self.tokenizer.convert_ids_to_tokens([ids[p] for p in positions]),
+            token_logprobs=values,
+        )
+
+    def stream(self, prepared: Iterable[Sequence[int]]) -> Iterator[PLLResult]:
+        """A :class:`PLLResult` per prepared id list, in input order."""
+        kept: collections.deque[Sequence[int]] = collections.deque()
+
+        def groups():
+            for ids in prepared:
+                kept.append(ids)
+                yield self.rows(ids)
+
+        for out in self.engine.stream("logprob", groups()):
+            yield self.result(kept.popleft(), out)
+
+    def __call__(self, inputs: str | Sequence[str]) -> PLLResult | list[PLLResult]:
+        single = isinstance(inputs, str)
+        texts = [inputs] if single else list(inputs)
+        prepared = [self.prepare(t, None if single else i) for i, t in enumerate(texts)]
+        results = list(self.stream(prepared))
+        return results[0] if single else results
+
+
+POOLINGS = ("pooled", "cls", "mean")
+
+
+class Embedder(_Task):
+    """Sentence embeddings: ``pooling="pooled"`` (the pooler output, tanh(W h_CLS + b)),
+    ``"cls"`` (the [CLS] hidden state) or ``"mean"`` (mean of the last hidden states over
+    the attended tokens, [CLS] and [SEP] included). ``emb(texts)`` -> [N, H] float32.
+    Loads the ``base`` head: a checkpoint without pooler weights (transformers'
+    ``AlbertForMaskedLM`` saves) gets a random pooler, with a warning, so ``"pooled"``
+    needs a checkpoint that has one."""
+
+    head = "base"
+    _task_kwargs = frozenset({"pooling"})
+
+    def __init__(self, model: Any, params: Any, tokenizer: AlbertTokenizer,
+                 options: EngineOptions | None = None, *, pooling: str = "mean",
+                 **engine_kwargs: Any) -> None:
+        if pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r} (choose from {', '.join(POOLINGS)})")
+        super().__init__(model, params, tokenizer, options, **engine_kwargs)
+        self.pooling = pooling
+
+    def prepare(self, text: str, index: int | None = None) -> list[int]:
+        return self.encode(text, index)
+
+    def stream(self, prepared: Iterable[Sequence[int]]) -> Iterator[np.ndarray]:
+        """A [H] embedding per prepared id list, in input order."""
+        for out in self.engine.stream(self.pooling, ([Row(ids)] for ids in prepared)):
+            yield out[0]
+
+    def __call__(self, inputs: str | Sequence[str]) -> np.ndarray:
+        single = isinstance(inputs, str)
+        texts = [inputs] if single else list(inputs)
+        prepared = [self.prepare(t, None if single else i) for i, t in enumerate(texts)]
+        out = list(self.stream(prepared))
+        if single:
+            return out[0]
+        return np.stack(out) if out else np.zeros((0, self.model.config.hidden_size),
+                                                    np.float32)

@@ -106,3 +106,126 @@ def test_convert_round_trip_and_refusal(model_dir, tmp_path, monkeypatch, capsys
     code, _, err = run_cli(["convert", model_dir, jax_dir], monkeypatch=monkeypatch,
                            capsys=capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ score (batch scoring)
+LONG = " ".join(["word"] * 70) + " [MASK]"
+
+
+def _score(args, tmp_path, lines: bytes, monkeypatch, capsys, name="out.jsonl"):
+    src = tmp_path / "in.txt"
+    src.write_bytes(lines)
+    out = tmp_path / name
+    code = cli.main(["score", "--input", str(src), "--output", str(out), "--quiet", *args])
+    err = capsys.readouterr().err
+    return code, out, err
+
+
+def _records(path):
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_score_fill_mask_bad_lines_get_error_records(model_dir, tmp_path, monkeypatch, capsys):
+    lines = ("a [MASK] b\nno mask here\ntwo [MASK] and [MASK]\n\n   \n"
+             f"{LONG}\nlast [MASK] one\n").encode() + b"bad \xff\xfe [MASK] bytes\n"
+    code, out, err = _score(["--task", "fill-mask", "--model", model_dir, "--top-k", "2"],
+                            tmp_path, lines, monkeypatch, capsys)
+    assert code == 1, err
+    recs = _records(out)
+    assert [r["line"] for r in recs] == list(range(1, 9))
+    assert "has no [MASK]" in recs[1]["error"] and set(recs[1]) == {"line", "error"}
+    assert "has 2 [MASK]" in recs[2]["error"]
+    assert recs[3]["error"] == recs[4]["error"] == "empty line"
+    assert "tokens long; the model accepts at most 64" in recs[5]["error"]
+    assert recs[0]["input"] == "a [MASK] b" and len(recs[0]["predictions"]) == 2
+    assert recs[6]["input"] == "last [MASK] one"
+    assert recs[7]["invalid_utf8"] is True and "\ufffd" in recs[7]["input"]
+    assert "invalid_utf8" not in recs[0]
+    summary = err.strip().splitlines()[-1]
+    assert "3 of 8 lines scored (5 failed)" in summary
+    assert "inputs/s" in summary and "tokens/s" in summary
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+def test_score_fill_mask_matches_python_api(model_dir, tmp_path, monkeypatch, capsys):
+    from albert_jax.inference import FillMask
+
+    texts = ["where is my [MASK]?", "x " * 20 + "[MASK]", "[MASK] y"]
+    code, out, _ = _score(["--task", "fill-mask", "--model", model_dir, "--batch-size", "2"],
+                          tmp_path, "\n".join(texts).encode(), monkeypatch, capsys)
+    assert code == 0
+    expected = FillMask.from_pretrained(model_dir)(texts)
+    for rec, exp in zip(_records(out), expected, strict=True):
+        assert [p["token"] for p in rec["predictions"]] == [p["token"] for p in exp]
+
+
+def test_score_pll_and_stdin(model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"hello world\n\nthe cat\n")))
+    out = tmp_path / "pll.jsonl"
+    code = cli.main(["score", "--task", "pll", "--model", model_dir, "--input", "-",
+                     "--output", str(out), "--quiet"])
+    assert code == 1
+    first, empty, last = _records(out)
+    assert empty == {"line": 2, "error": "empty line"}
+    assert first["tokens"] == ["▁hello", "▁world"] and len(first["token_logprobs"]) == 2
+    assert abs(first["total_logprob"] - sum(first["token_logprobs"])) < 1e-4
+    assert last["line"] == 3 and last["pseudo_perplexity"] > 1
+
+
+def test_score_embed_writes_npy_and_status(model_dir, tmp_path, monkeypatch, capsys):
+    code, out, err = _score(["--task", "embed", "--model", model_dir, "--pooling", "cls"],
+                            tmp_path, b"one line\n\ntwo lines here\n", monkeypatch, capsys,
+                            name="emb.npy")
+    assert code == 1, err
+    import numpy as np
+
+    vectors = np.load(out)
+    assert vectors.shape == (3, 32)
+    assert np.isnan(vectors[1]).all() and np.isfinite(vectors[[0, 2]]).all()
+    status = _records(tmp_path / "emb.jsonl")
+    assert [("error" in r) for r in status] == [False, True, False]
+
+
+def test_score_all_good_exits_zero(model_dir, tmp_path, monkeypatch, capsys):
+    code, out, _ = _score(["--task", "pll", "--model", model_dir, "--word-l2r"], tmp_path,
+                          b"unbelievably good\n", monkeypatch, capsys)
+    assert code == 0 and len(_records(out)) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--top-k", "0"], "--top-k must be at least 1"),
+        (["--max-length", "1000"], "max_length must be in 1..64"),
+        (["--task", "embed"], "must end in .npy"),
+        (["--tensor", "3"], "cannot be split"),
+    ],
+)
+def test_score_usage_errors(model_dir, tmp_path, monkeypatch, capsys, args, message):
+    args = ["--task", "fill-mask", *args] if "--task" not in args else args
+    code, out, err = _score(["--model", model_dir, *args], tmp_path, b"a [MASK]\n",
+                            monkeypatch, capsys)
+    assert code == 2 and message in err, err
+    assert not out.exists()
+
+
+def test_score_missing_input_is_usage_error(model_dir, tmp_path, monkeypatch, capsys):
+    code = cli.main(["score", "--task", "pll", "--model", model_dir, "--input",
+                     str(tmp_path / "none.txt"), "--output", str(tmp_path / "o.jsonl")])
+    assert code == 2 and "cannot read" in capsys.readouterr().err
+
+
+def test_score_failure_leaves_no_output(model_dir, tmp_path, monkeypatch, capsys):
+    from albert_jax.inference import PseudoLogLikelihood
+
+    def boom(self, prepared):
+        yield from ()
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(PseudoLogLikelihood, "stream", boom)
+    (tmp_path / "out.jsonl").write_text("old\n")
+    with pytest.raises(RuntimeError, match="device lost"):
+        _score(["--task", "pll", "--model", model_dir], tmp_path, b"a b\n", monkeypatch, capsys)
+    assert (tmp_path / "out.jsonl").read_text() == "old\n"  # Untouched.
+    assert sorted(os.listdir(tmp_path)) == ["in.txt", "out.jsonl"]

@@ -1,0 +1,56 @@
+"""Shared set-up of the scoring benchmarks: SST-2 dev sentences, a random albert-base-v2.
+
+The checkpoint is a transformers ``AlbertForMaskedLM`` with random weights and the
+albert-base-v2 shapes, saved once (with the real ``spiece.model``) so that albert_jax and
+transformers run the very same weights.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SST2_DEV = SHARED / "data" / "glue" / "SST-2" / "dev.tsv"
+SPIECE = SHARED / "data" / "albert_spm" / "spiece.model"
+
+
+def sst2_sentences(limit: int | None = None) -> list[str]:
+    """The SST-2 dev sentences (872), in file order."""
+    with open(SST2_DEV, encoding="utf-8") as f:
+        next(f)  # Header.
+        sentences = [line.split("\t")[0].strip() for line in f if line.strip()]
+    return sentences[:limit] if limit else sentences
+
+
+def mask_one_word(sentence: str) -> str:
+    """Replaces the middle word by [MASK] (deterministic)."""
+    words = sentence.split()
+    words[len(words) // 2] = "[MASK]"
+    return " ".join(words)
+
+
+def random_base_checkpoint(seed: int = 0) -> tuple[str, object]:
+    """(directory, torch model): albert-base-v2 shapes, random weights, real spiece.model."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.AlbertConfig(
+        vocab_size=30000, embedding_size=128, hidden_size=768, num_hidden_layers=12,
+        num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512,
+        hidden_act="gelu_new", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    model = transformers.AlbertForMaskedLM(config).eval()
+    directory = tempfile.mkdtemp(prefix="albert_bench_")
+    model.save_pretrained(directory, safe_serialization=True)
+    shutil.copy(SPIECE, os.path.join(directory, "spiece.model"))
+    return directory, model
+
+
+def hf_tokenizer():
+    import transformers
+
+    return transformers.AlbertTokenizer(vocab_file=str(SPIECE), clean_up_tokenization_spaces=True)

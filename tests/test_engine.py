@@ -1,0 +1,286 @@
+"""The batch-scoring engine: every task equals the unbatched single-device computation.
+
+Layouts: one device, 8-way data parallel, and data=2 x tensor=4 (the tiny config's hidden,
+FFN, head and vocabulary sizes are divisible by 4, so tensor sharding applies).
+"""
+
+from __future__ import annotations
+
+import random
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+from conftest import require_spiece
+
+from albert_jax.config import AlbertConfig
+from albert_jax.engine import Engine, Row, bucket_for
+from albert_jax.inference import Embedder, FillMask, PseudoLogLikelihood
+from albert_jax.model import AlbertForMaskedLM, AlbertModel
+from albert_jax.tokenizer import AlbertTokenizer
+
+CONFIG = AlbertConfig(
+    vocab_size=30000, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+    num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+    initializer_range=0.2,
+)
+LAYOUTS = {
+    "1dev": dict(data=1, devices=jax.devices()[:1]),
+    "data8": dict(data=8),
+    "data2_tensor4": dict(data=2, tensor=4),
+}
+OPTS = dict(batch_size=4, length_buckets=(8, 16, 32))
+
+WORDS = ("the", "cat", "sat", "on", "a", "mat", "while", "unbelievably", "gigantic",
+         "elephants", "danced", "quietly", "near", "hyperventilating", "zookeepers", "in",
+         "1987")
+
+
+def _texts(n: int, seed: int, mask: bool = False, max_words: int = 30) -> list[str]:
+    rng = random.Random(seed)
+    counts = [c for c in (1, 2, 3, 6, 10, 18, 30) if c <= max_words]
+    texts = []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.choice(counts))]
+        if mask:
+            words[rng.randrange(len(words))] = "[MASK]"
+        texts.append(" ".join(words))
+    return texts
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AlbertTokenizer(str(require_spiece()))
+
+
+@pytest.fixture(scope="module")
+def mlm():
+    model = AlbertForMaskedLM(CONFIG)
+    return model, model.init_params(jax.random.key(1))
+
+
+@pytest.fixture(scope="module")
+def base():
+    model = AlbertModel(CONFIG)
+    return model, model.init_params(jax.random.key(2))
+
+
+_FORWARDS: dict = {}
+
+
+def _single(model, params, ids):
+    """The unbatched, unpadded, single-device forward of one sequence (jitted per model)."""
+    key = (id(model), id(params))
+    if key not in _FORWARDS:
+        _FORWARDS[key] = (jax.jit(model.apply), jax.device_put(nn.meta.unbox(params),
+                                                               jax.devices()[0]))
+    forward, plain = _FORWARDS[key]
+    return forward(plain, jax.device_put(np.asarray([ids], np.int32), jax.devices()[0]))
+
+
+def _cached(fn):
+    """Memoises a reference computation across the layouts of a parametrised test."""
+    cache: dict = {}
+
+    def wrapper(*args, **kwargs):
+        key = (*(id(a) if not isinstance(a, (str, tuple, bool)) else a for a in args),
+               tuple(sorted(kwargs.items())))
+        if key not in cache:
+            cache[key] = fn(*args, **kwargs)
+        return cache[key]
+
+    return wrapper
+
+
+# ------------------------------------------------------------------ engine mechanics
+def test_bucket_sets_and_padding_rows(mlm):
+    model, params = mlm
+    eng = Engine(model, params, batch_size=6, data=8, length_buckets=(8, 16, 100))
+    # Batch buckets are multiples of the data-parallel size; lengths capped at the model's.
+    assert eng.batch_buckets == (8,)
+    assert eng.length_buckets == (8, 16, 64)
+    eng2 = Engine(model, params, batch_size=32, data=2, tensor=4)
+    assert eng2.batch_buckets == (2, 4, 8, 16, 32)
+    assert bucket_for(3, eng2.batch_buckets) == 4
+    # Parameters are tensor-sharded by their logical names; the embedding table's vocab axis.
+    spec = eng2.params["params"]["albert"]["embeddings"]["word_embeddings"]["embedding"]
+    assert spec.sharding.spec[0] == "tensor"
+    with pytest.raises(ValueError, match="max_length"):
+        Engine(model, params, max_length=65)
+
+
+def test_streams_in_input_order_and_lazily(mlm, tokenizer):
+    model, params = mlm
+    eng = Engine(model, params, window=3, **OPTS, data=1, devices=jax.devices()[:1])
+    texts = _texts(10, seed=5)
+    rows = [Row(tokenizer.encode(t), position=1, target=7) for t in texts]
+    consumed = []
+
+    def groups():
+        for i, row in enumerate(rows):
+            consumed.append(i)
+            yield [row]
+
+    stream = eng.stream("logprob", groups())
+    first = next(stream)
+    assert len(consumed) < len(rows)  # Only the first window was read.
+    rest = list(stream)
+    together = eng.run_rows("logprob", rows)
+    np.testing.assert_allclose(np.concatenate([first, *rest]), together, atol=1e-5)
+
+
+def test_compiles_at_most_once_per_bucket(mlm, tokenizer):
+    model, params = mlm
+    eng = Engine(model, params, **OPTS, data=1, devices=jax.devices()[:1])
+    texts = _texts(23, seed=2)
+    rows = [Row(tokenizer.encode(t), position=1, target=9) for t in texts]
+    eng.run_rows("logprob", rows)
+    # The shapes this run can use: every (rows, length) pair of a batch it formed.
+    lengths = sorted(len(r.ids) for r in rows)
+    shapes = set()
+    for s in range(0, len(lengths), eng.batch_size):
+        chunk = lengths[s : s + eng.batch_size]
+        shapes.add((bucket_for(len(chunk), eng.batch_buckets),
+                    bucket_for(chunk[-1], eng.length_buckets)))
+    assert eng.num_traces <= len(shapes)
+    before = eng.num_traces
+    random.Random(0).shuffle(rows)
+    eng.run_rows("logprob", rows)
+    assert eng.num_traces == before  # Same shapes in another order: nothing recompiles.
+
+
+def test_rejects_empty_and_too_long(mlm):
+    model, params = mlm
+    eng = Engine(model, params, **OPTS, data=1, devices=jax.devices()[:1])
+    with pytest.raises(ValueError, match="empty"):
+        eng.run_rows("probs", [Row([])])
+    with pytest.raises(ValueError, match="65 tokens long"):
+        eng.run_rows("probs", [Row([2] + [5] * 63 + [3])])
+
+
+# ------------------------------------------------------------------ tasks vs references
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fill_mask_equals_single_device(mlm, tokenizer, layout):
+    model, params = mlm
+    fm = FillMask(model, params, tokenizer, **OPTS, **LAYOUTS[layout])
+    texts = _texts(11, seed=1, mask=True)
+    prepared = [fm.prepare(t) for t in texts]
+    probs = fm.probabilities(prepared)
+    for p, got in zip(prepared, probs, strict=True):
+        logits = _single(model, params, p.ids).logits[0, p.mask_index]
+        np.testing.assert_allclose(got, jax.nn.softmax(logits), atol=1e-5)
+    # Records in input order.
+    results = fm(texts, top_k=1)
+    assert [r[0]["token"] for r in results] == [int(np.argmax(p)) for p in probs]
+
+
+@_cached
+def _reference_pll(model, params, tokenizer, ids, word_l2r=False):
+    """One forward per masked position, written out directly."""
+    special = {tokenizer.cls_token_id, tokenizer.sep_token_id}
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    out = []
+    for p in range(len(ids)):
+        if ids[p] in special:
+            continue
+        masked = list(ids)
+        masked[p] = tokenizer.mask_token_id
+        if word_l2r:
+            for q in range(p + 1, len(ids) - 1):
+                if pieces[q].startswith("▁"):
+                    break
+                masked[q] = tokenizer.mask_token_id
+        logits = _single(model, params, masked).logits[0, p]
+        out.append(float(jax.nn.log_softmax(logits)[ids[p]]))
+    return out
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_pll_equals_single_device(mlm, tokenizer, layout):
+    model, params = mlm
+    pll = PseudoLogLikelihood(model, params, tokenizer, **OPTS, **LAYOUTS[layout])
+    texts = _texts(6, seed=3, max_words=10)
+    results = pll(texts)
+    for text, res in zip(texts, results, strict=True):
+        ids = tokenizer.encode(text)
+        ref = _reference_pll(model, params, tokenizer, tuple(ids))
+        np.testing.assert_allclose(res.token_logprobs, ref, atol=1e-5)
+        assert res.tokens == tokenizer.convert_ids_to_tokens(ids[1:-1])
+        assert abs(res.total_logprob - sum(ref)) < 1e-4
+        assert abs(res.pseudo_perplexity - np.exp(-sum(ref) / len(ref))) < 1e-4 * max(
+            1.0, res.pseudo_perplexity)
+
+
+def test_pll_word_l2r_small_example(mlm, tokenizer):
+    model, params = mlm
+    text = "unbelievably hyperventilating cat"
+    ids = tokenizer.encode(text)
+    pieces = tokenizer.convert_ids_to_tokens(ids)
+    ids = tuple(ids)
+    assert sum(not p.startswith("▁") for p in pieces[1:-1]) >= 2  # Multi-piece words.
+    pll = PseudoLogLikelihood(model, params, tokenizer, word_l2r=True, **OPTS,
+                              data=1, devices=jax.devices()[:1])
+    rows = pll.rows(ids)
+    mask = tokenizer.mask_token_id
+    for row in rows:  # The scored piece and the rest of its word to the right are masked.
+        p = row.position
+        q = p + 1
+        while q < len(ids) - 1 and not pieces[q].startswith("▁"):
+            assert row.ids[q] == mask
+            q += 1
+        assert tuple(row.ids[q:]) == ids[q:] and tuple(row.ids[:p]) == ids[:p]
+    res = pll(text)
+    ref = _reference_pll(model, params, tokenizer, ids, word_l2r=True)
+    np.testing.assert_allclose(res.token_logprobs, ref, atol=1e-5)
+    plain = _reference_pll(model, params, tokenizer, ids)
+    assert not np.allclose(ref, plain)  # The variant really differs here.
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_embed_equals_single_device(base, tokenizer, layout):
+    model, params = base
+    texts = _texts(9, seed=4)
+    for pooling in ("pooled", "cls", "mean"):
+        emb = Embedder(model, params, tokenizer, pooling=pooling, **OPTS, **LAYOUTS[layout])
+        got = emb(texts)
+        assert got.shape == (len(texts), CONFIG.hidden_size)
+        for text, vec in zip(texts, got, strict=True):
+            out = _single(model, params, tokenizer.encode(text))
+            ref = {"pooled": out.pooler_output[0], "cls": out.last_hidden_state[0, 0],
+                   "mean": out.last_hidden_state[0].mean(0)}[pooling]
+            np.testing.assert_allclose(vec, ref, atol=1e-5)
+        assert emb.num_traces <= 3 * 2  # (lengths 8/16/32/64) x (rows): a handful at most.
+
+
+def test_bfloat16_compute(base, tokenizer):
+    model, params = base
+    texts = _texts(5, seed=6)
+    f32 = Embedder(model, params, tokenizer, **OPTS)(texts)
+    bf16_model = AlbertModel(CONFIG.replace(dtype="bfloat16"))
+    bf16 = Embedder(bf16_model, params, tokenizer, **OPTS)(texts)
+    assert bf16.dtype == np.float32
+    assert np.abs(bf16 - f32).max() < 0.1
+    assert not np.array_equal(bf16, f32)
+
+
+def test_tasks_reject_bad_inputs(mlm, tokenizer):
+    model, params = mlm
+    pll = PseudoLogLikelihood(model, params, tokenizer, **OPTS)
+    with pytest.raises(ValueError, match="is empty"):
+        pll("")
+    with pytest.raises(ValueError, match="no token to score"):
+        pll("[MASK]")
+    with pytest.raises(ValueError, match="tokens long"):
+        pll("word " * 70)
+
+
+def test_compilation_cache_is_opt_in(mlm, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(jax.config, "update", lambda name, value: calls.append((name, value)))
+    model, params = mlm
+    Engine(model, params, data=1, devices=jax.devices()[:1])
+    assert calls == []
+    Engine(model, params, data=1, devices=jax.devices()[:1], cache_dir=str(tmp_path / "cc"))
+    assert ("jax_compilation_cache_dir", str(tmp_path / "cc")) in calls
+    assert (tmp_path / "cc").is_dir()
