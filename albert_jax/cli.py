@@ -334,7 +334,18 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--to", choices=("albert_jax", "hf"), default="albert_jax")
     cv.add_argument("--overwrite", action="store_true", help="replace an existing DEST")
     cv.set_defaults(func=cmd_convert)
+
+    # Training commands parse their own arguments (ml_collections --config.key=value
+    # overrides); they are listed here for --help and dispatched in main().
+    sub.add_parser("pretrain", add_help=False,
+                   help="MLM + SOP pretraining: --config FILE --workdir DIR [--config.k=v ...]")
+    sub.add_parser("export", add_help=False,
+                   help="WORKDIR DEST: the latest training checkpoint -> a model directory")
     return parser
+
+
+# Subcommands implemented by albert_jax.train, with their own argument parsing.
+_TRAIN_COMMANDS = {"pretrain": "pretrain_main", "export": "export_main"}
 
 
 class _OneLineFormatter(logging.Formatter):
@@ -343,6 +354,11 @@ class _OneLineFormatter(logging.Formatter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _TRAIN_COMMANDS:
+        from albert_jax import train
+
+        return getattr(train, _TRAIN_COMMANDS[argv[0]])(argv[1:])
     args = build_parser().parse_args(argv)
     # Library notices (e.g. weights initialised) go to stderr as one line each.
     logger = logging.getLogger("albert_jax")

@@ -31,6 +31,19 @@ TOKENIZER_FILE = "spiece.model"
 # Tokenizer files copied along when converting (spiece.model is the one that matters).
 TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json")
 
+# Models shipped inside the package (package data), resolved before any cache or network.
+PACKAGED_MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+PACKAGED_MODELS = ("albert-mini",)
+
+
+def packaged_model_dir(name: str) -> str | None:
+    """The directory of a model shipped with albert_jax (``albert-mini``), else None."""
+    if name in PACKAGED_MODELS:
+        path = os.path.join(PACKAGED_MODELS_DIR, name)
+        if os.path.isfile(os.path.join(path, CONFIG_FILE)):
+            return path
+    return None
+
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
@@ -278,6 +291,7 @@ def resolve_file(name_or_path: str | os.PathLike, filename: str) -> str:
     Raises :class:`ModelNotFoundError` (an ``OSError``) when the file cannot be found.
     """
     name = os.fspath(name_or_path)
+    name = packaged_model_dir(name) or name
     if os.path.exists(name):
         directory = name if os.path.isdir(name) else os.path.dirname(name)
         if os.path.isfile(name) and os.path.basename(name) == filename:
@@ -300,6 +314,7 @@ def resolve_model_files(name_or_path: str | os.PathLike) -> ModelFiles:
     ``.index.json`` forms).
     """
     name = os.fspath(name_or_path)
+    name = packaged_model_dir(name) or name
     if os.path.exists(name):
         return _local_files(name)
 
@@ -354,6 +369,7 @@ def is_cached(name_or_path: str | os.PathLike) -> bool:
     and weights are in the local cache. Never raises and never touches the network.
     """
     name = os.fspath(name_or_path)
+    name = packaged_model_dir(name) or name
     if os.path.exists(name):
         try:
             _local_files(name)

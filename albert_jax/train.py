@@ -767,19 +767,37 @@ def parse_pretrain_args(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict,
         rest = fv(args)
     except flags.Error as e:
         raise ConfigError(" ".join(str(e).split())) from None
-    except (KeyError, AttributeError, ValueError, TypeError) as e:
+    except (KeyError, AttributeError) as e:
+        # config_flags reports an unknown key as AttributeError(KeyError("'name'")).
+        key = str(e.args[0] if e.args else e).strip("\"'")
+        raise ConfigError(f"unknown config key in an override: {key}") from None
+    except (ValueError, TypeError) as e:
         raise ConfigError(" ".join(str(e).split())) from None
     if len(rest) > 1:
         raise ConfigError(f"unexpected arguments: {' '.join(rest[1:])}")
-    if fv.config is None:
+    config = fv.config
+    if config is None:
         raise ConfigError("--config is required (e.g. configs/pretrain/tiny.py)")
+    if not isinstance(config, ml_collections.ConfigDict):
+        # config_flags hands back a proxy that raises on use when the file failed to load.
+        raise ConfigError(f"cannot load config file {_flag_value(args, 'config')!r} "
+                          "(missing, or its get_config() failed)")
     if not fv.workdir:
         raise ConfigError("--workdir is required")
-    config = fv.config
     if fv.distributed:
         with config.unlocked():
             config.distributed = True
     return config, fv.workdir
+
+
+def _flag_value(args: Sequence[str], name: str) -> str | None:
+    """The value given to ``--name`` (as ``--name=v`` or ``--name v``) in ``args``."""
+    for i, arg in enumerate(args):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(args):
+            return args[i + 1]
+    return None
 
 
 def initialize_distributed() -> None:

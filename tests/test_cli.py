@@ -229,3 +229,25 @@ def test_score_failure_leaves_no_output(model_dir, tmp_path, monkeypatch, capsys
         _score(["--task", "pll", "--model", model_dir], tmp_path, b"a b\n", monkeypatch, capsys)
     assert (tmp_path / "out.jsonl").read_text() == "old\n"  # Untouched.
     assert sorted(os.listdir(tmp_path)) == ["in.txt", "out.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--config", "configs/pretrain/nope.py", "--workdir", "W"], "cannot load config file"),
+        (["--config", "configs/pretrain/tiny.py", "--workdir", "W", "--config.model.bogus=3"],
+         "unknown config key in an override: bogus"),
+        (["--workdir", "W"], "--config is required"),
+    ],
+)
+def test_pretrain_bad_arguments_are_one_line(tmp_path, capsys, args, message):
+    args = [a.replace("W", str(tmp_path / "run")) for a in args]
+    code = cli.main(["pretrain", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_export_without_checkpoints(tmp_path, capsys):
+    assert cli.main(["export", str(tmp_path), str(tmp_path / "out")]) == 2
+    assert "no checkpoints" in capsys.readouterr().err
