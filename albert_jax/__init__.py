@@ -6,8 +6,9 @@ Hugging Face conversion both ways, and fill-mask from Python and the command lin
 
 from albert_jax.config import PRESETS, AlbertConfig, ConfigError
 from albert_jax.conversion import ConversionError, convert
+from albert_jax.engine import Engine, EngineOptions
 from albert_jax.hub import ModelNotFoundError
-from albert_jax.inference import FillMask
+from albert_jax.inference import Embedder, FillMask, PLLResult, PseudoLogLikelihood
 from albert_jax.model import (
     HEADS,
     AlbertForMaskedLM,
@@ -37,8 +38,13 @@ __all__ = [
     "AlbertTokenizer",
     "ConfigError",
     "ConversionError",
+    "Embedder",
+    "Engine",
+    "EngineOptions",
     "FillMask",
     "ModelNotFoundError",
+    "PLLResult",
+    "PseudoLogLikelihood",
     "convert",
     "load_model",
     "load_pretrained",

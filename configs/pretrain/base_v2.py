@@ -5,7 +5,7 @@ slice (e.g. v4-64 / v5e-64) or a multi-GPU cluster; bfloat16 compute, float32 pa
 
 Single host (all local devices in one data-parallel mesh)::
 
-    albert-jax pretrain --config configs/pretrain/base_v2.py --workdir gs://BUCKET/albert_base_v2 \
+    albert-jax pretrain --config configs/pretrain/base_v2.py --workdir /mnt/shared/albert_base_v2 \
         --config.data.corpus_dir=/data/wiki_books_txt
 
 Multi-host (a TPU pod slice: the same command on every host; jax.distributed finds the
@@ -13,14 +13,16 @@ coordinator from the TPU environment)::
 
     gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all --command \
       "cd albert_jax && .venv/bin/albert-jax pretrain --config configs/pretrain/base_v2.py \
-         --workdir gs://BUCKET/albert_base_v2 --distributed \
+         --workdir /mnt/shared/albert_base_v2 --distributed \
          --config.data.corpus_dir=/data/wiki_books_txt"
 
 On GPU clusters (SLURM, or by hand) set ``JAX_COORDINATOR_ADDRESS=host0:1234``,
 ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (or run under SLURM) and pass ``--distributed``.
 Each process reads its own share of the documents; the global batch is 4096 across all
-processes. Rerunning the command resumes from the latest checkpoint in the workdir.
-Export: ``albert-jax export gs://BUCKET/albert_base_v2 ./albert_base_v2_jax``.
+processes. The workdir is a local path that every host can write (e.g. an NFS/Filestore
+mount): metrics.jsonl and TensorBoard files are written with plain file I/O. Rerunning the
+command resumes from the latest checkpoint in the workdir.
+Export: ``albert-jax export /mnt/shared/albert_base_v2 ./albert_base_v2_jax``.
 """
 
 from __future__ import annotations
