@@ -36,6 +36,8 @@ import numpy as np
 
 PROG = "albert-jax"
 DEFAULT_MODEL = "albert-base-v2"
+# Shipped inside the package: the default when albert-base-v2 is neither cached nor fetchable.
+FALLBACK_MODEL = "albert-mini"
 
 
 class UserError(Exception):
@@ -49,6 +51,25 @@ def _error(message: str) -> None:
 
 def _format_score(score: float) -> str:
     return f"{score:.2f}" if score >= 0.005 else f"{score:.1e}"
+
+
+def default_model() -> str:
+    """albert-base-v2 when it is cached or the hub is reachable, else the bundled albert-mini.
+
+    Says so in one line on stderr when it falls back.
+    """
+    from albert_jax import hub
+
+    if hub.is_cached(DEFAULT_MODEL) or hub.packaged_model_dir(FALLBACK_MODEL) is None:
+        return DEFAULT_MODEL
+    reason = ("offline mode is on (HF_HUB_OFFLINE)" if hub.is_offline()
+              else hub.unreachable_reason())
+    if reason is None:
+        return DEFAULT_MODEL
+    print(f"{PROG}: {DEFAULT_MODEL} is not in the local cache and cannot be fetched "
+          f"({reason}): using the bundled {FALLBACK_MODEL}, a small model trained on "
+          "public-domain books", file=sys.stderr)
+    return FALLBACK_MODEL
 
 
 def _load_fill_mask(model: str):
@@ -72,7 +93,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     targets = [t for t in args.targets.split(",") if t] if args.targets is not None else None
     if targets is not None and not targets:
         raise UserError("--targets is empty")
-    fm = _load_fill_mask(args.model)
+    fm = _load_fill_mask(args.model or default_model())
     try:
         target_ids = None if targets is None else fm.target_ids(targets)
     except ValueError as e:
@@ -169,6 +190,7 @@ def _load_task(args: argparse.Namespace):
     if args.task == "embed":
         kwargs["pooling"] = args.pooling
     try:
+        args.model = args.model or default_model()
         return cls.from_pretrained(args.model, **kwargs)
     except (hub.ModelNotFoundError, ConversionError, ConfigError, FileNotFoundError) as e:
         raise UserError(f"cannot load model {args.model!r}: {e}") from None
@@ -287,8 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
         "one [MASK]. Prints the top completions with their probabilities.",
     )
     fm.add_argument("text", nargs="*", metavar="TEXT")
-    fm.add_argument("--model", default=DEFAULT_MODEL, help="hub name or directory "
-                    f"(default: {DEFAULT_MODEL})")
+    fm.add_argument("--model", default=None, help="hub name or directory (default: "
+                    f"{DEFAULT_MODEL}, or the bundled {FALLBACK_MODEL} when that is neither "
+                    "cached nor fetchable)")
     fm.add_argument("--top-k", type=int, default=5, help="completions per input (default 5)")
     fm.add_argument("--targets", help="comma-separated candidate tokens to score instead")
     fm.add_argument("--json", action="store_true",
@@ -304,8 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
         "any line failed.",
     )
     sc.add_argument("--task", required=True, choices=("fill-mask", "pll", "embed"))
-    sc.add_argument("--model", default=DEFAULT_MODEL, help="hub name or directory "
-                    f"(default: {DEFAULT_MODEL})")
+    sc.add_argument("--model", default=None, help="hub name or directory (default: "
+                    f"{DEFAULT_MODEL}, or the bundled {FALLBACK_MODEL} when that is neither "
+                    "cached nor fetchable)")
     sc.add_argument("--input", required=True, help="text file, one input per line; - for stdin")
     sc.add_argument("--output", required=True, help="JSON Lines file (embed: .npy)")
     sc.add_argument("--batch-size", type=int, default=32, help="rows per step (default 32)")

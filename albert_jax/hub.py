@@ -115,7 +115,7 @@ _PROBE_TTL_S = 60.0
 _probe_cache: dict[str, tuple[float, str | None]] = {}
 
 
-def _unreachable_reason() -> str | None:
+def unreachable_reason() -> str | None:
     """Why the hub surely cannot be reached (a quick DNS + TCP check), or None.
 
     huggingface_hub retries an unreachable host five times with backoff (about 25 s per
@@ -257,7 +257,7 @@ def _find(
         if optional:
             return None
         raise _not_found(name, filenames, "offline mode is on (HF_HUB_OFFLINE is set)")
-    unreachable = _unreachable_reason()
+    unreachable = unreachable_reason()
     if unreachable is not None:
         if optional:
             return None

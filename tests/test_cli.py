@@ -12,7 +12,7 @@ import sys
 import pytest
 from conftest import TINY, require_spiece, save_hf_model
 
-from albert_jax import cli
+from albert_jax import cli, hub
 
 
 @pytest.fixture(scope="module")
@@ -82,17 +82,37 @@ def test_bad_arguments(model_dir, monkeypatch, capsys):
     assert code == 2 and "--top-k must be at least 1" in err
 
 
-def test_console_script_offline_without_cache(tmp_path):
-    """The real entry point, default model, no network and an empty cache: one line, exit 2."""
+def _offline_env(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     env.pop("HF_HUB_CACHE", None)
-    proc = subprocess.run([sys.executable, "-m", "albert_jax.cli", "fill-mask", "a [MASK]"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    return env
+
+
+def test_console_script_offline_without_cache(tmp_path):
+    """The real entry point, albert-base-v2 asked for, no network, empty cache: one line."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "albert_jax.cli", "fill-mask", "--model", "albert-base-v2",
+         "a [MASK]"], capture_output=True, text=True, env=_offline_env(tmp_path), timeout=120)
     assert proc.returncode == 2
     assert proc.stdout == ""
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "albert-base-v2" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(hub.packaged_model_dir("albert-mini") is None,
+                    reason="albert-mini is not in the package")
+def test_default_model_offline_falls_back_to_albert_mini(tmp_path):
+    """No --model, no network, empty cache: the bundled albert-mini answers, saying so."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "albert_jax.cli", "fill-mask", "where is my [MASK]?"],
+        capture_output=True, text=True, env=_offline_env(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 5
+    assert all(re.fullmatch(r"where is my .*\((\d\.\d\d|\d\.\de-\d\d)\)", x) for x in lines)
+    notices = [x for x in proc.stderr.splitlines() if "albert-mini" in x]
+    assert len(notices) == 1 and "albert-base-v2" in notices[0]
 
 
 def test_convert_round_trip_and_refusal(model_dir, tmp_path, monkeypatch, capsys):

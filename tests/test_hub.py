@@ -199,7 +199,7 @@ def test_online_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub, "_unreachable_reason", lambda: None)
+    monkeypatch.setattr(hub, "unreachable_reason", lambda: None)
     hosted = {"config.json": b"{}", "pytorch_model.bin": b"", "spiece.model": b""}
     calls = []
 
