@@ -82,10 +82,14 @@ class Checkpointer:
 
 
 def export(workdir: str | os.PathLike, dest: str | os.PathLike, step: int | None = None,
-           overwrite: bool = False) -> str:
+           overwrite: bool = False, dtype: str = "float32") -> str:
     """The params of the latest (or ``step``) checkpoint of ``workdir`` -> an albert_jax model
     directory (with the run's ``spiece.model``) that ``albert_jax.load_pretrained`` and
-    ``albert-jax convert --to hf`` accept. Restores onto one device. Returns ``dest``."""
+    ``albert-jax convert --to hf`` accept. Restores onto one device. ``dtype`` is the
+    storage dtype of the parameters ("bfloat16" halves the files; loading casts them to
+    the ``param_dtype`` asked for). Returns ``dest``."""
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"export dtype must be float32, bfloat16 or float16, got {dtype!r}")
     import ml_collections
 
     from albert_jax import train
@@ -114,5 +118,6 @@ def export(workdir: str | os.PathLike, dest: str | os.PathLike, step: int | None
     spm = train.resolve_path(config.data.spiece_model)
     # Export float32 compute by default: the model directory is for inference and conversion.
     mcfg = mcfg.replace(dtype="float32", remat="none")
-    return save_albert_jax(dest, {"params": state.params["params"]}, mcfg,
+    params = jax.tree_util.tree_map(lambda x: x.astype(dtype), state.params["params"])
+    return save_albert_jax(dest, {"params": params}, mcfg,
                            tokenizer=spm if spm.is_file() else None, overwrite=overwrite)

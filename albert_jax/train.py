@@ -830,7 +830,7 @@ def pretrain_main(argv: Sequence[str]) -> int:
 
 
 def export_main(argv: Sequence[str]) -> int:
-    """``albert-jax export WORKDIR DEST [--overwrite]``."""
+    """``albert-jax export WORKDIR DEST [--overwrite] [--step N] [--dtype bfloat16]``."""
     import argparse
 
     from albert_jax.checkpoint import export
@@ -841,9 +841,12 @@ def export_main(argv: Sequence[str]) -> int:
     p.add_argument("dest")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--step", type=int, default=None)
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="storage dtype of the exported parameters (default float32)")
     args = p.parse_args(list(argv))
     try:
-        out = export(args.workdir, args.dest, step=args.step, overwrite=args.overwrite)
+        out = export(args.workdir, args.dest, step=args.step, overwrite=args.overwrite,
+                     dtype=args.dtype)
     except (OSError, ValueError) as e:
         return _fail(p.prog, str(e))
     print(out)

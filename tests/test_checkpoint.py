@@ -11,7 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -188,3 +190,15 @@ def test_export_load_pretrained_and_convert(trained, tmp_path):
     # A second export into the same place needs --overwrite; a missing workdir is one line.
     assert train.export_main([str(workdir), str(dest)]) == 2
     assert train.export_main([str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2
+    # bfloat16 storage: the stored tensors are the float32 ones rounded, loaded back as float32.
+    half = tmp_path / "model_bf16"
+    assert train.export_main([str(workdir), str(half), "--dtype", "bfloat16"]) == 0
+    from safetensors.numpy import load_file
+
+    stored = load_file(half / "params.safetensors")
+    assert {v.dtype.name for v in stored.values()} == {"bfloat16"}
+    _, params16, _ = albert_jax.load_pretrained(str(half), head="pretraining")
+    for a, b in zip(jax.tree_util.tree_leaves(nn.meta.unbox(params16)),
+                    jax.tree_util.tree_leaves(nn.meta.unbox(params)), strict=True):
+        assert a.dtype == np.float32
+        np.testing.assert_array_equal(a, np.asarray(b).astype(jnp.bfloat16).astype(np.float32))
