@@ -7,6 +7,7 @@ transformers run the very same weights.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import tempfile
@@ -15,6 +16,21 @@ from pathlib import Path
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SST2_DEV = SHARED / "data" / "glue" / "SST-2" / "dev.tsv"
 SPIECE = SHARED / "data" / "albert_spm" / "spiece.model"
+
+
+def add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """The engine options both scoring benchmarks take."""
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--length-buckets", default=None,
+                        help="comma-separated length buckets (default: the engine's)")
+
+
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    """``from_pretrained`` keyword arguments for the options of :func:`add_engine_args`."""
+    kwargs: dict = {"batch_size": args.batch_size}
+    if args.length_buckets:
+        kwargs["length_buckets"] = tuple(int(x) for x in args.length_buckets.split(","))
+    return kwargs
 
 
 def sst2_sentences(limit: int | None = None) -> list[str]:

@@ -16,20 +16,22 @@ import argparse
 import shutil
 import time
 
-from _bench_common import hf_tokenizer, mask_one_word, random_base_checkpoint, sst2_sentences
+from _bench_common import (
+    add_engine_args,
+    engine_kwargs,
+    hf_tokenizer,
+    mask_one_word,
+    random_base_checkpoint,
+    sst2_sentences,
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="first N sentences only")
-    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--length-buckets", default=None,
-                        help="comma-separated length buckets (default: the engine's)")
+    add_engine_args(parser)
     args = parser.parse_args()
-    engine_kwargs = {"batch_size": args.batch_size}
-    if args.length_buckets:
-        engine_kwargs["length_buckets"] = tuple(int(x) for x in args.length_buckets.split(","))
 
     import torch
     import transformers
@@ -39,7 +41,7 @@ def main() -> None:
     texts = [mask_one_word(s) for s in sst2_sentences(args.limit)]
     directory, torch_model = random_base_checkpoint()
     try:
-        fm = FillMask.from_pretrained(directory, **engine_kwargs)
+        fm = FillMask.from_pretrained(directory, **engine_kwargs(args))
         start = time.perf_counter()
         fm(texts, top_k=args.top_k)  # Warm-up: compiles each shape used.
         warm = time.perf_counter() - start

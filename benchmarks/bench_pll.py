@@ -16,7 +16,13 @@ import argparse
 import shutil
 import time
 
-from _bench_common import hf_tokenizer, random_base_checkpoint, sst2_sentences
+from _bench_common import (
+    add_engine_args,
+    engine_kwargs,
+    hf_tokenizer,
+    random_base_checkpoint,
+    sst2_sentences,
+)
 
 
 def torch_pll(model, tokenizer, sentences) -> list[float]:
@@ -39,20 +45,15 @@ def torch_pll(model, tokenizer, sentences) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--length-buckets", default=None,
-                        help="comma-separated length buckets (default: the engine's)")
+    add_engine_args(parser)
     args = parser.parse_args()
-    engine_kwargs = {"batch_size": args.batch_size}
-    if args.length_buckets:
-        engine_kwargs["length_buckets"] = tuple(int(x) for x in args.length_buckets.split(","))
 
     from albert_jax.inference import PseudoLogLikelihood
 
     sentences = sst2_sentences(args.limit)
     directory, torch_model = random_base_checkpoint()
     try:
-        pll = PseudoLogLikelihood.from_pretrained(directory, **engine_kwargs)
+        pll = PseudoLogLikelihood.from_pretrained(directory, **engine_kwargs(args))
         start = time.perf_counter()
         pll(sentences)  # Warm-up: compiles each shape used.
         warm = time.perf_counter() - start
