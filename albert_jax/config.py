@@ -3,8 +3,8 @@
 Two kinds of fields live here. *Architecture* fields mirror Hugging Face's ``config.json``
 (every one that changes the math); they round-trip through :meth:`AlbertConfig.to_hf_dict`
 and :meth:`AlbertConfig.from_hf_dict`. *Runtime* fields (``dtype``, ``param_dtype``,
-``scan_layers``, ``remat``) choose how the program runs, never what it computes in float32,
-and are not written to Hugging Face files.
+``scan_layers``, ``remat``, ``attention``) choose how the program runs, never what it computes
+in float32, and are not written to Hugging Face files.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ SUPPORTED_ACTIVATIONS = (
 )
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
+# "explicit": einsum + float32 softmax (returns the attention maps, attention dropout);
+# "xla" / "cudnn": jax.nn.dot_product_attention (cudnn: fused flash attention on NVIDIA GPUs,
+# bfloat16/float16 only). The fused paths fall back to "explicit" where they cannot apply.
+ATTENTION_IMPLEMENTATIONS = ("explicit", "xla", "cudnn")
 
 
 class ConfigError(ValueError):
@@ -71,6 +75,7 @@ class AlbertConfig:
     param_dtype: str = "float32"
     scan_layers: bool = True
     remat: str = "none"
+    attention: str = "explicit"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -123,6 +128,9 @@ class AlbertConfig:
                               f"{getattr(self, name)!r}")
         if self.remat not in REMAT_POLICIES:
             errors.append(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
+        if self.attention not in ATTENTION_IMPLEMENTATIONS:
+            errors.append(f"attention must be one of {ATTENTION_IMPLEMENTATIONS}, "
+                          f"got {self.attention!r}")
         if errors:
             raise ConfigError("invalid AlbertConfig: " + "; ".join(errors))
 
@@ -212,7 +220,7 @@ class AlbertConfig:
         return cls.from_json_file(hub.resolve_file(name, "config.json"), **overrides)
 
 
-_RUNTIME_FIELDS = frozenset({"dtype", "param_dtype", "scan_layers", "remat"})
+_RUNTIME_FIELDS = frozenset({"dtype", "param_dtype", "scan_layers", "remat", "attention"})
 
 
 def _preset(layers: int, hidden: int, heads: int, ffn: int, v1: bool) -> AlbertConfig:

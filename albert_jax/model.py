@@ -186,10 +186,22 @@ class AlbertEmbeddings(nn.Module):
         x = (
             self.word_embeddings(input_ids)
             + self.position_embeddings(positions)
-            + self.token_type_embeddings(token_type_ids)
+            + self._token_types(token_type_ids)
         )
         x = self.LayerNorm(x)
         return self.dropout(x, deterministic=deterministic)
+
+    def _token_types(self, token_type_ids: Array) -> Array:
+        """[B, S] -> [B, S, E]. A select per type, not a gather: the gather's gradient is a
+        scatter-add of B*S rows into ``type_vocab_size`` (2) rows, which serialises on GPU
+        atomics; the selects' gradients are plain reductions. Bit-identical values."""
+        table = self.token_type_embeddings.embedding  # [T, E]
+        dtype = self.config.dtype
+        ids = token_type_ids[..., None]
+        out = jnp.where(ids == 0, table[0].astype(dtype), jnp.zeros((), dtype))
+        for k in range(1, self.config.type_vocab_size):
+            out = out + jnp.where(ids == k, table[k].astype(dtype), jnp.zeros((), dtype))
+        return out
 
     def attend(self, x: Array) -> Array:
         """The tied decoder: [..., E] @ word_embeddings^T -> [..., V]."""
@@ -197,9 +209,11 @@ class AlbertEmbeddings(nn.Module):
 
 
 class AlbertAttention(nn.Module):
-    """Multi-head self-attention with ALBERT's post-LayerNorm: [B, S, H] -> [B, S, H]."""
+    """Multi-head self-attention with ALBERT's post-LayerNorm: [B, S, H] -> [B, S, H], and
+    the attention maps [B, heads, S, S] (None on the fused paths)."""
 
     config: AlbertConfig
+    output_attentions: bool = False
 
     @nn.compact
     def __call__(
@@ -216,30 +230,54 @@ class AlbertAttention(nn.Module):
         query, key, value = project("query"), project("key"), project("value")
         # Scale the query (S*D products) rather than the scores (S*S): same math, fewer flops.
         query = query / jnp.sqrt(jnp.asarray(head_dim, query.dtype))
+        if self._fused(query.dtype, deterministic):
+            # Same math; the [B, heads, S, S] scores never reach memory on the cudnn path.
+            # mask_bias is 0 where a key is attended and the dtype minimum where it is padding.
+            mask = jnp.broadcast_to(mask_bias == 0, (batch, 1, seq_len, seq_len))
+            context = jax.nn.dot_product_attention(
+                query, key, value, mask=mask, scale=1.0, implementation=cfg.attention)
+            return self._output(x, context, deterministic), None
         scores = jnp.einsum("bqhd,bkhd->bhqk", query, key)
         # Softmax in float32 whatever the compute dtype; padded keys get the dtype minimum.
         scores = scores.astype(jnp.float32) + mask_bias
         probs = jax.nn.softmax(scores, axis=-1)
         probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
         context = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(value.dtype), value)
-        context = context.reshape(batch, seq_len, hidden)
-        out = _dense(cfg, hidden, ("joined_kv", "embed"), "dense")(context)
+        return self._output(x, context, deterministic), probs
+
+    def _fused(self, dtype: Any, deterministic: bool) -> bool:
+        """Whether ``config.attention`` can replace the explicit path here: no maps wanted,
+        no attention dropout, and (cudnn) a GPU and a half-precision compute dtype."""
+        cfg = self.config
+        if cfg.attention == "explicit" or self.output_attentions:
+            return False
+        if not deterministic and cfg.attention_probs_dropout_prob > 0:
+            return False
+        return cfg.attention == "xla" or (
+            jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16))
+
+    def _output(self, x: Array, context: Array, deterministic: bool) -> Array:
+        """[B, S, heads, D] context -> projection, dropout, residual LayerNorm [B, S, H]."""
+        cfg = self.config
+        context = context.reshape(x.shape)
+        out = _dense(cfg, x.shape[-1], ("joined_kv", "embed"), "dense")(context)
         out = nn.Dropout(cfg.hidden_dropout_prob)(out, deterministic=deterministic)
-        out = _layer_norm(cfg, "embed", "LayerNorm")(x + out)
-        return out, probs
+        return _layer_norm(cfg, "embed", "LayerNorm")(x + out)
 
 
 class AlbertLayer(nn.Module):
     """Attention then the feed-forward block, each closed by a residual LayerNorm."""
 
     config: AlbertConfig
+    output_attentions: bool = False
 
     @nn.compact
     def __call__(
         self, x: Array, mask_bias: Array, deterministic: bool
     ) -> tuple[Array, Array]:
         cfg = self.config
-        attn_out, probs = AlbertAttention(cfg, name="attention")(x, mask_bias, deterministic)
+        attn_out, probs = AlbertAttention(cfg, self.output_attentions, name="attention")(
+            x, mask_bias, deterministic)
         y = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "ffn")(attn_out)
         y = ACTIVATIONS[cfg.hidden_act](y)
         y = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "ffn_output")(y)
@@ -267,7 +305,8 @@ class AlbertLayerGroup(nn.Module):
     ) -> tuple[Array, tuple[Array | None, tuple[Array, ...] | None]]:
         all_probs = []
         for i in range(self.config.inner_group_num):
-            x, probs = AlbertLayer(self.config, name=f"albert_layers_{i}")(
+            x, probs = AlbertLayer(self.config, self.output_attentions,
+                                   name=f"albert_layers_{i}")(
                 x, mask_bias, deterministic
             )
             all_probs.append(probs)

@@ -171,6 +171,27 @@ def test_scanned_and_unrolled_share_one_tree_and_agree(groups, inner):
     np.testing.assert_allclose(a.sop_logits, b.sop_logits, atol=1e-5)
 
 
+@pytest.mark.parametrize("attention", ["xla", "cudnn"])
+def test_fused_attention_paths_agree_with_explicit(attention):
+    """jax.nn.dot_product_attention computes the same function (padding masks included);
+    cudnn off a GPU falls back to the explicit path; asking for maps always gives them."""
+    cfg = tiny_config(num_hidden_groups=2, inner_group_num=2)
+    explicit, fused = M.AlbertForPreTraining(cfg), M.AlbertForPreTraining(
+        cfg.replace(attention=attention))
+    params = explicit.init_params(jax.random.key(0))
+    assert param_shapes(params) == param_shapes(fused.init_params(jax.random.key(0)))
+    ids, mask, types = padded_batch(vocab=100, length=10)
+    a = explicit.apply(params, ids, mask, types)
+    b = fused.apply(params, ids, mask, types)
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(a.prediction_logits)[real],
+                               np.asarray(b.prediction_logits)[real], atol=1e-5)
+    np.testing.assert_allclose(a.sop_logits, b.sop_logits, atol=1e-5)
+    maps = fused.apply(params, ids, mask, types, output_attentions=True).attentions
+    assert len(maps) == cfg.num_hidden_layers * cfg.inner_group_num
+    assert maps[0].shape == (3, cfg.num_attention_heads, 10, 10)
+
+
 def test_base_parameter_count_and_logical_names():
     cfg = PRESETS["albert-base-v2"]
     shapes = jax.eval_shape(lambda: M.AlbertModel(cfg).init_params(jax.random.key(0)))
