@@ -364,12 +364,28 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("pretrain", add_help=False,
                    help="MLM + SOP pretraining: --config FILE --workdir DIR [--config.k=v ...]")
     sub.add_parser("export", add_help=False,
-                   help="WORKDIR DEST: the latest training checkpoint -> a model directory")
+                   help="WORKDIR DEST [--to hf]: a training run -> a model directory "
+                        "(fine-tuning: its best model)")
+    sub.add_parser("finetune", add_help=False,
+                   help="fine-tuning: --config configs/finetune/TASK.py --workdir DIR "
+                        "[--config.init=NAME_OR_DIR --config.k=v ...]")
+    sub.add_parser("evaluate", add_help=False,
+                   help="--workdir DIR | --model DIR [--split S]: dev metrics of a fine-tuned "
+                        "model")
+    sub.add_parser("predict", add_help=False,
+                   help="--workdir DIR | --model DIR [--split S | --input FILE] --output "
+                        "FILE.jsonl")
     return parser
 
 
-# Subcommands implemented by albert_jax.train, with their own argument parsing.
-_TRAIN_COMMANDS = {"pretrain": "pretrain_main", "export": "export_main"}
+# Subcommands with their own argument parsing: (module, function).
+_TRAIN_COMMANDS = {
+    "pretrain": ("train", "pretrain_main"),
+    "export": ("train", "export_main"),
+    "finetune": ("finetune", "finetune_main"),
+    "evaluate": ("finetune", "evaluate_main"),
+    "predict": ("finetune", "predict_main"),
+}
 
 
 class _OneLineFormatter(logging.Formatter):
@@ -380,9 +396,10 @@ class _OneLineFormatter(logging.Formatter):
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in _TRAIN_COMMANDS:
-        from albert_jax import train
+        import importlib
 
-        return getattr(train, _TRAIN_COMMANDS[argv[0]])(argv[1:])
+        module, function = _TRAIN_COMMANDS[argv[0]]
+        return getattr(importlib.import_module(f"albert_jax.{module}"), function)(argv[1:])
     args = build_parser().parse_args(argv)
     # Library notices (e.g. weights initialised) go to stderr as one line each.
     logger = logging.getLogger("albert_jax")

@@ -737,10 +737,14 @@ def save_albert_jax(
     *,
     tokenizer: Any = None,
     overwrite: bool = False,
+    extra_config: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, Any] | None = None,
 ) -> str:
     """Writes a Flax parameter tree (boxed or not, with or without the ``"params"`` level)
     as an albert_jax directory; ``tokenizer`` is an object with ``save_pretrained(dir)``
-    or the path of a ``spiece.model``. Atomic like :func:`convert`; returns ``dest``."""
+    or the path of a ``spiece.model``. ``extra_config`` adds keys to ``config.json``
+    (``id2label``, ...); ``extra_files`` maps file names to JSON-able contents written
+    beside it. Atomic like :func:`convert`; returns ``dest``."""
     tree = nn.meta.unbox(params)
     tree = tree.get("params", tree)
     flat = {
@@ -752,8 +756,12 @@ def save_albert_jax(
     ckpt.validate()
     heads = ckpt.heads()
     with atomic_directory(dest, overwrite=overwrite) as tmp:
-        _write_config(tmp, config, _architectures(heads, {}), {})
+        _write_config(tmp, config, _architectures(heads, {}), {}, extra=extra_config)
         _write_albert_jax(tmp, flat, heads)
+        for name, content in (extra_files or {}).items():
+            with open(tmp / name, "w", encoding="utf-8") as f:
+                json.dump(content, f, indent=2)
+                f.write("\n")
         if isinstance(tokenizer, (str, os.PathLike)):
             shutil.copyfile(tokenizer, tmp / hub.TOKENIZER_FILE)
         elif tokenizer is not None:

@@ -467,11 +467,14 @@ def train_loop(
     config_dict: dict | None = None,
     rules: Sequence[tuple[str, Any]] = shd.LOGICAL_AXIS_RULES,
     progress: bool = True,
+    init_state: Callable[[TrainState], TrainState] | None = None,
 ) -> TrainState:
     """Trains ``task`` from the latest checkpoint in ``workdir/checkpoints`` (or from
     scratch) to ``num_train_steps``. ``data_iter`` yields process-local numpy batches and has
     ``get_state()/set_state()``. ``eval_fn(eval_step, state) -> metrics`` (prefixed ``eval_``)
-    runs every ``eval_every`` steps. Returns the final state."""
+    runs every ``eval_every`` steps. ``init_state(shardings) -> state`` replaces the random
+    initialisation of a fresh run (fine-tuning starts from pretrained weights). Returns the
+    final state."""
     from albert_jax.checkpoint import Checkpointer
 
     workdir = Path(workdir)
@@ -483,7 +486,10 @@ def train_loop(
     start = ckpt.latest_step()
     try:
         if start is None:
-            state, _ = create_train_state(task, tx, mesh, jax.random.PRNGKey(seed), rules)
+            if init_state is not None:
+                state = init_state(shardings)
+            else:
+                state, _ = create_train_state(task, tx, mesh, jax.random.PRNGKey(seed), rules)
             start = 0
         else:
             state, data_states, _ = ckpt.restore(
@@ -749,7 +755,8 @@ def _fail(prog: str, message: str) -> int:
     return 2
 
 
-def parse_pretrain_args(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict, str]:
+def parse_pretrain_args(argv: Sequence[str], example: str = "configs/pretrain/tiny.py"
+                        ) -> tuple[ml_collections.ConfigDict, str]:
     """``--config FILE --workdir DIR [--config.key=value ...]`` -> ``(config, workdir)``.
 
     Overrides follow ``ml_collections.config_flags`` (unknown keys and wrong types fail)."""
@@ -777,7 +784,7 @@ def parse_pretrain_args(argv: Sequence[str]) -> tuple[ml_collections.ConfigDict,
         raise ConfigError(f"unexpected arguments: {' '.join(rest[1:])}")
     config = fv.config
     if config is None:
-        raise ConfigError("--config is required (e.g. configs/pretrain/tiny.py)")
+        raise ConfigError(f"--config is required (e.g. {example})")
     if not isinstance(config, ml_collections.ConfigDict):
         # config_flags hands back a proxy that raises on use when the file failed to load.
         raise ConfigError(f"cannot load config file {_flag_value(args, 'config')!r} "
@@ -830,7 +837,8 @@ def pretrain_main(argv: Sequence[str]) -> int:
 
 
 def export_main(argv: Sequence[str]) -> int:
-    """``albert-jax export WORKDIR DEST [--overwrite] [--step N] [--dtype bfloat16]``."""
+    """``albert-jax export WORKDIR DEST [--overwrite] [--step N] [--dtype bfloat16]
+    [--to hf]``; a fine-tuning workdir exports its best model."""
     import argparse
 
     from albert_jax.checkpoint import export
@@ -843,12 +851,30 @@ def export_main(argv: Sequence[str]) -> int:
     p.add_argument("--step", type=int, default=None)
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="storage dtype of the exported parameters (default float32)")
+    p.add_argument("--to", choices=("albert_jax", "hf"), default="albert_jax",
+                   help="albert_jax model directory (default) or Hugging Face format")
     args = p.parse_args(list(argv))
     try:
-        out = export(args.workdir, args.dest, step=args.step, overwrite=args.overwrite,
-                     dtype=args.dtype)
+        from albert_jax import finetune
+
+        if finetune.is_finetune_workdir(args.workdir):
+            if args.step is not None or args.dtype != "float32":
+                raise ValueError("a fine-tuning run exports its best model: --step and "
+                                 "--dtype apply to pretraining runs")
+            out = finetune.export(args.workdir, args.dest, to=args.to, overwrite=args.overwrite)
+        elif args.to == "hf":
+            import tempfile
+
+            from albert_jax.conversion import convert
+
+            with tempfile.TemporaryDirectory() as tmp:
+                export(args.workdir, Path(tmp) / "model", step=args.step, dtype=args.dtype)
+                out = convert(Path(tmp) / "model", args.dest, to="hf", overwrite=args.overwrite)
+        else:
+            out = export(args.workdir, args.dest, step=args.step, overwrite=args.overwrite,
+                         dtype=args.dtype)
     except (OSError, ValueError) as e:
-        return _fail(p.prog, str(e))
+        return _fail(p.prog, " ".join(str(e).split()))
     print(out)
     return 0
 
