@@ -197,8 +197,9 @@ class GlueFamily(Family):
         else:
             data_dir = train.resolve_path(d.tfds_data_dir) if d.tfds_data_dir else None
             manual = train.resolve_path(d.manual_dir) if d.manual_dir else None
-            examples = list(load_glue(self.spec.name, split, manual_dir=manual,
-                                      data_dir=data_dir).examples)
+            examples = load_glue(self.spec.name, split, manual_dir=manual,
+                                 data_dir=data_dir).examples
+        # Sliced before materialising: each record of the lazy source is decoded on access.
         examples = _limit(examples, d.max_train_examples if training else d.max_eval_examples)
         if not examples:
             raise FinetuneError(f"GLUE {self.spec.name} {path or split}: no examples")
@@ -454,8 +455,11 @@ def family_for(config: ml_collections.ConfigDict) -> Family:
         "conll2003, race, swag)")
 
 
-def _limit(items: list, n: int) -> list:
-    return list(items[:n]) if n and n > 0 else list(items)
+def _limit(items: Sequence, n: int) -> list:
+    """The first ``n`` items (all when ``n`` <= 0) as a list."""
+    if n and n > 0:
+        return [items[i] for i in range(min(n, len(items)))]
+    return list(items)
 
 
 def _split_file(d: ml_collections.ConfigDict, split: str) -> Path:

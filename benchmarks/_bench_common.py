@@ -70,3 +70,31 @@ def hf_tokenizer():
     import transformers
 
     return transformers.AlbertTokenizer(vocab_file=str(SPIECE), clean_up_tokenization_spaces=True)
+
+
+def useful_gflop(lengths: list[int], copies: list[int] | None = None) -> float:
+    """GFLOP of the matmuls the inputs need without padding, albert-base-v2 shapes: each
+    input of ``L`` tokens is ``copies`` forwards (1 for fill-mask, one per token for PLL) of
+    the encoder at length ``L`` plus the vocabulary projection at one position."""
+    h, e, i, v, layers = 768, 128, 3072, 30000, 12
+    total = 0.0
+    for k, n in enumerate(lengths):
+        per_layer = 2 * n * (4 * h * h + 2 * h * i) + 4 * n * n * h
+        forward = layers * per_layer + 2 * n * e * h + 2 * (h * e + e * v)
+        total += forward * (1 if copies is None else copies[k])
+    return total / 1e9
+
+
+def peak_line(gflop: float, seconds: float) -> str:
+    """'useful GFLOP/s and its fraction of the float32 XLA matmul peak measured now'."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_mlm_forward import matmul_peak
+
+    peak = matmul_peak(5) / 1e9
+    rate = gflop / seconds
+    return (f"useful work {gflop:.0f} GFLOP (no padding) -> {rate:.0f} GFLOP/s = "
+            f"{rate / peak:.0%} of the float32 matmul peak ({peak:.0f} GFLOP/s, XLA 2048^3)")
+

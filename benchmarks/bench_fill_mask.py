@@ -21,8 +21,10 @@ from _bench_common import (
     engine_kwargs,
     hf_tokenizer,
     mask_one_word,
+    peak_line,
     random_base_checkpoint,
     sst2_sentences,
+    useful_gflop,
 )
 
 
@@ -67,6 +69,9 @@ def main() -> None:
     print(f"transformers pipeline (batch_size=32): {n / torch_s:8.1f} inputs/s "
           f"({torch_s:.2f} s)")
     print(f"ratio: {torch_s / jax_s:.2f}x; top-1 agreement {agree}/{n}")
+    gflop = useful_gflop([len(fm.tokenizer(t)["input_ids"]) for t in texts])
+    print("albert_jax " + peak_line(gflop, jax_s))
+    print("transformers " + peak_line(gflop, torch_s))
 
 
 if __name__ == "__main__":

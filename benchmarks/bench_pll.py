@@ -20,8 +20,10 @@ from _bench_common import (
     add_engine_args,
     engine_kwargs,
     hf_tokenizer,
+    peak_line,
     random_base_checkpoint,
     sst2_sentences,
+    useful_gflop,
 )
 
 
@@ -76,6 +78,10 @@ def main() -> None:
           f"compilation {warm:.2f} s, {pll.num_traces} shapes compiled)")
     print(f"transformers loop: {tokens / torch_s:8.1f} tokens/s ({torch_s:.2f} s)")
     print(f"ratio: {torch_s / jax_s:.2f}x; max |total log-prob difference| {diff:.2e}")
+    # Each sentence of n scored tokens is n forwards of length n + 2 ([CLS], [SEP]).
+    gflop = useful_gflop([r.num_tokens + 2 for r in ours], [r.num_tokens for r in ours])
+    print("albert_jax " + peak_line(gflop, jax_s))
+    print("transformers " + peak_line(gflop, torch_s))
 
 
 if __name__ == "__main__":
