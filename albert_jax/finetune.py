@@ -197,6 +197,12 @@ class GlueFamily(Family):
         else:
             data_dir = train.resolve_path(d.tfds_data_dir) if d.tfds_data_dir else None
             manual = train.resolve_path(d.manual_dir) if d.manual_dir else None
+            if jax.process_count() > 1:  # Process 0 prepares; the others then open it.
+                from jax.experimental import multihost_utils
+
+                if jax.process_index() == 0:
+                    load_glue(self.spec.name, split, manual_dir=manual, data_dir=data_dir)
+                multihost_utils.sync_global_devices(f"albert_jax glue {split} prepared")
             examples = load_glue(self.spec.name, split, manual_dir=manual,
                                  data_dir=data_dir).examples
         # Sliced before materialising: each record of the lazy source is decoded on access.

@@ -23,11 +23,13 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--length-buckets", default=None,
                         help="comma-separated length buckets (default: the engine's)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                        help="albert_jax compute dtype (transformers stays float32)")
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
     """``from_pretrained`` keyword arguments for the options of :func:`add_engine_args`."""
-    kwargs: dict = {"batch_size": args.batch_size}
+    kwargs: dict = {"batch_size": args.batch_size, "dtype": args.dtype}
     if args.length_buckets:
         kwargs["length_buckets"] = tuple(int(x) for x in args.length_buckets.split(","))
     return kwargs

@@ -63,7 +63,8 @@ def main() -> None:
 
     agree = sum(a[0]["token"] == b[0]["token"] for a, b in zip(ours, theirs, strict=True))
     n = len(texts)
-    print(f"inputs: {n} SST-2 dev sentences, one [MASK] each; albert-base-v2 shapes, fp32")
+    print(f"inputs: {n} SST-2 dev sentences, one [MASK] each; albert-base-v2 shapes; albert_jax "
+          f"{args.dtype}, transformers float32")
     print(f"albert_jax engine: {n / jax_s:8.1f} inputs/s ({jax_s:.2f} s; first pass with "
           f"compilation {warm:.2f} s, {fm.num_traces} shapes compiled)")
     print(f"transformers pipeline (batch_size=32): {n / torch_s:8.1f} inputs/s "

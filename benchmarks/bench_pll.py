@@ -1,13 +1,15 @@
 """Pseudo-log-likelihood throughput: albert_jax engine against a transformers loop.
 
-200 SST-2 dev sentences; albert-base-v2 shapes, random weights (the same for both), fp32.
+200 SST-2 dev sentences; albert-base-v2 shapes, random weights (the same for both), float32
+(albert_jax also in bfloat16 with ``--dtype bfloat16``; transformers stays float32).
 albert_jax: ``PseudoLogLikelihood`` (masked copies of all sentences sorted by length and
 batched together), timed after a warm-up pass. transformers: for each sentence, its masked
 copies (one per token) in one batch through ``AlbertForMaskedLM``, log-softmax at the
 masked position. Reports tokens scored per second and the largest difference of the
 sentence scores.
 
-    python benchmarks/bench_pll.py [--limit 200] [--batch-size 32] [--length-buckets 16,24,...]
+    python benchmarks/bench_pll.py [--limit 200] [--batch-size 32] [--dtype bfloat16] \
+        [--length-buckets 16,24,...]
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ def main() -> None:
     tokens = sum(r.num_tokens for r in ours)
     diff = max(abs(r.total_logprob - t) for r, t in zip(ours, theirs, strict=True))
     print(f"PLL over {len(sentences)} SST-2 dev sentences ({tokens} tokens scored); "
-          "albert-base-v2 shapes, fp32")
+          f"albert-base-v2 shapes; albert_jax {args.dtype}, transformers float32")
     print(f"albert_jax engine: {tokens / jax_s:8.1f} tokens/s ({jax_s:.2f} s; first pass with "
           f"compilation {warm:.2f} s, {pll.num_traces} shapes compiled)")
     print(f"transformers loop: {tokens / torch_s:8.1f} tokens/s ({torch_s:.2f} s)")

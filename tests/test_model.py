@@ -285,6 +285,25 @@ def test_bfloat16_compute_is_close_to_float32():
     assert err.max() < 0.1 * np.abs(np.asarray(f32)).max()
 
 
+def test_half_precision_products_accumulate_in_float32_on_cpu():
+    """bf16 x bf16 -> the float32-accumulated product rounded once to bf16 (the fast oneDNN
+    path on CPUs); float32 products are untouched."""
+    rng = np.random.default_rng(0)
+    a = jnp.asarray(rng.normal(size=(64, 256)), jnp.bfloat16)
+    b = jnp.asarray(rng.normal(size=(256, 32)), jnp.bfloat16)
+    dims = (((1,), (0,)), ((), ()))
+    out = M._dot_general(a, b, dims)
+    assert out.dtype == jnp.bfloat16
+    exact = np.asarray(a, np.float64) @ np.asarray(b, np.float64)
+    np.testing.assert_array_equal(out, jnp.asarray(exact.astype(np.float32), jnp.bfloat16))
+    scores = M._einsum("qd,kd->qk", a, b.T, jnp.float32)
+    assert scores.dtype == jnp.float32
+    np.testing.assert_allclose(scores, exact, rtol=1e-5, atol=1e-4)
+    a32, b32 = a.astype(jnp.float32), b.astype(jnp.float32)
+    np.testing.assert_array_equal(M._dot_general(a32, b32, dims), jax.lax.dot_general(a32, b32,
+                                                                                      dims))
+
+
 def test_too_long_input_is_a_clear_error():
     model = M.AlbertModel(tiny_config())
     params = model.init_params(jax.random.key(0))
