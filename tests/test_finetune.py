@@ -61,6 +61,25 @@ def run_finetune(task: str, workdir: Path, overrides: list[str]) -> dict:
     return finetune.finetune(load_config(task, workdir, *overrides), workdir, progress=False)
 
 
+@pytest.mark.parametrize("name", ["sst2", "cola", "mnli", "squad_v1", "squad_v2", "conll2003",
+                                  "race"])
+def test_every_config_loads_with_its_published_recipe(name, tmp_path):
+    config = load_config(name, tmp_path)
+    family = finetune.family_for(config)
+    assert config.task == name
+    assert config.optimizer.name == "adamw"
+    assert config.num_train_steps > config.optimizer.warmup_steps
+    assert config.eval_every % config.log_every == 0  # evaluations happen on logged steps
+    if isinstance(family, finetune.GlueFamily) and config.data.manual_dir:
+        finetune.validate_config(config)  # the local GLUE folders exist
+    recipes = {"sst2": (1e-5, 32, 20935, 1256), "cola": (1e-5, 16, 5336, 320),
+               "mnli": (3e-5, 128, 10000, 1000)}
+    if name in recipes:
+        o = config.optimizer
+        assert (o.learning_rate, config.global_batch_size, config.num_train_steps,
+                o.warmup_steps) == recipes[name]
+
+
 # ------------------------------------------------------------------------------ families
 @pytest.mark.skipif(not SST2.is_dir(), reason="SST-2 is absent")
 def test_glue_run_writes_best_model_and_metrics(tiny_init, tmp_path, tfds_dir):

@@ -6,22 +6,12 @@ batch 32, 3 epochs of the 14,041 training sentences = 1,317 steps, 10% warmup, l
         --config.data.train_file=eng.train --config.data.validation_file=eng.testa
 """
 
-import importlib.util
-import os
-
-
-def _common():
-    """common.py beside this file (loaded by path: configs are not a package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py")
-    spec = importlib.util.spec_from_file_location("albert_jax_finetune_common", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from albert_jax.finetune import base_config
 
 
 def get_config():
-    c = _common().finetune_config("conll2003", learning_rate=5e-5, batch_size=32, steps=1317,
-                                  warmup=132, max_seq_length=128)
+    c = base_config("conll2003", learning_rate=5e-5, batch_size=32, steps=1317,
+                    warmup=132, max_seq_length=128)
     c.eval.tag_scheme = "IOB1"
     c.eval_every = 400
     c.log_every = 50

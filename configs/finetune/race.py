@@ -6,22 +6,12 @@ question per line (RACE's own files, one JSON object each, concatenated, work as
         --config.data.train_file=race_train.jsonl --config.data.validation_file=race_dev.jsonl
 """
 
-import importlib.util
-import os
-
-
-def _common():
-    """common.py beside this file (loaded by path: configs are not a package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py")
-    spec = importlib.util.spec_from_file_location("albert_jax_finetune_common", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from albert_jax.finetune import base_config
 
 
 def get_config():
-    c = _common().finetune_config("race", learning_rate=1e-5, batch_size=32, steps=12000,
-                                  warmup=1000, max_seq_length=512)
+    c = base_config("race", learning_rate=1e-5, batch_size=32, steps=12000,
+                    warmup=1000, max_seq_length=512)
     c.data.num_choices = 4
     c.eval_every = 1000
     return c

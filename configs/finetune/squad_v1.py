@@ -5,22 +5,12 @@ doc stride 128, 2 epochs = 3,650 steps of the 87,599 training questions, 10% war
         --config.data.train_file=/path/to/train-v1.1.json
 """
 
-import importlib.util
-import os
-
-
-def _common():
-    """common.py beside this file (loaded by path: configs are not a package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py")
-    spec = importlib.util.spec_from_file_location("albert_jax_finetune_common", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from albert_jax.finetune import base_config
 
 
 def get_config():
-    c = _common().finetune_config("squad_v1", learning_rate=5e-5, batch_size=48, steps=3650,
-                                  warmup=365, max_seq_length=384)
+    c = base_config("squad_v1", learning_rate=5e-5, batch_size=48, steps=3650,
+                    warmup=365, max_seq_length=384)
     c.data.train_file = ""  # train-v1.1.json (not shipped with the repository)
     c.data.validation_file = "../shared/data/squad/dev-v1.1.json.zip"
     c.eval_every = 1000

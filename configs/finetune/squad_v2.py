@@ -6,21 +6,11 @@ answered "" when the null score beats the best span by eval.null_score_diff_thre
         --config.data.train_file=train-v2.0.json --config.data.validation_file=dev-v2.0.json
 """
 
-import importlib.util
-import os
-
-
-def _common():
-    """common.py beside this file (loaded by path: configs are not a package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py")
-    spec = importlib.util.spec_from_file_location("albert_jax_finetune_common", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from albert_jax.finetune import base_config
 
 
 def get_config():
-    c = _common().finetune_config("squad_v2", learning_rate=3e-5, batch_size=48, steps=8144,
-                                  warmup=814, max_seq_length=384)
+    c = base_config("squad_v2", learning_rate=3e-5, batch_size=48, steps=8144,
+                    warmup=814, max_seq_length=384)
     c.eval_every = 1000
     return c

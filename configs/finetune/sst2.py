@@ -6,22 +6,12 @@
     # a CPU run with the bundled albert-mini: see benchmarks/bench_finetune_sst2.py
 """
 
-import importlib.util
-import os
-
-
-def _common():
-    """common.py beside this file (loaded by path: configs are not a package)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py")
-    spec = importlib.util.spec_from_file_location("albert_jax_finetune_common", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from albert_jax.finetune import base_config
 
 
 def get_config():
-    c = _common().finetune_config("sst2", learning_rate=1e-5, batch_size=32, steps=20935,
-                                  warmup=1256, max_seq_length=512)
+    c = base_config("sst2", learning_rate=1e-5, batch_size=32, steps=20935,
+                    warmup=1256, max_seq_length=512)
     c.data.manual_dir = "../shared/data/glue/SST-2"
     c.eval_every = 1000
     return c
