@@ -15,9 +15,7 @@ import argparse
 import glob
 import os
 import shutil
-import statistics
 import sys
-import time
 from pathlib import Path
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
@@ -26,23 +24,13 @@ import jax
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_gpu import timed
 from bench_train_step import make_batch, train_flops
 
 from albert_jax import model as M
 from albert_jax import train
 from albert_jax.config import PRESETS
 from albert_jax.optim import make_optimizer
-
-
-def timed(fn, repeats: int = 8) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def run(name: str, cfg, b, flops: float, out: Path | None = None) -> None:
@@ -58,8 +46,8 @@ def run(name: str, cfg, b, flops: float, out: Path | None = None) -> None:
 
     with jax.set_mesh(mesh):
         fwd, grad = jax.jit(loss), jax.jit(jax.grad(loss))
-        t_fwd = timed(lambda: fwd(state.params, batch).block_until_ready())
-        t_grad = timed(lambda: jax.block_until_ready(grad(state.params, batch)))
+        t_fwd = timed(lambda: fwd(state.params, batch).block_until_ready(), 8)
+        t_grad = timed(lambda: jax.block_until_ready(grad(state.params, batch)), 8)
     step = train.make_train_step(task, tx, mesh, shardings, b)
     holder = {"state": state}
 
@@ -67,7 +55,7 @@ def run(name: str, cfg, b, flops: float, out: Path | None = None) -> None:
         holder["state"], m = step(holder["state"], batch)
         jax.block_until_ready(m["loss"])
 
-    t_step = timed(full_step)
+    t_step = timed(full_step, 8)
     print(f"{name}: forward loss {t_fwd * 1e3:.1f} ms, grad {t_grad * 1e3:.1f} ms, "
           f"full step {t_step * 1e3:.1f} ms, MFU(989 TFLOP/s) {flops / t_step / 989e12:.1%}",
           flush=True)
