@@ -39,7 +39,7 @@ GOOGLE = dict(
     num_hidden_groups=1, net_structure_type=0, gap_size=0, num_memory_blocks=0,
     inner_group_num=1, down_scale_factor=1, type_vocab_size=2, vocab_size=30000,
 )
-LAYER_PARTS = {  # Google's scopes under inner_group_I: (kernel shape, bias shape) by sizes.
+LAYER_PARTS = {  # Google's scopes under inner_group_I -> kernel shape [in, out] (hidden, ffn).
     "attention_1/self/query": lambda h, i: (h, h),
     "attention_1/self/key": lambda h, i: (h, h),
     "attention_1/self/value": lambda h, i: (h, h),
