@@ -462,7 +462,8 @@ def read_checkpoint(files: hub.ModelFiles, **config_overrides: Any) -> TFCheckpo
                 "matches it)"
             )
             continue
-        assert mapped is not None  # Ignored names were not read.
+        if mapped is None:  # Optimizer state (not read by read_variables anyway).
+            continue
         path, transpose = mapped
         if path in params:
             problems.append(f"duplicate key {name}: {source_names[path]} already gives {path}")
