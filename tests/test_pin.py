@@ -81,15 +81,15 @@ def _metrics(workdir: Path) -> list[dict]:
 
 def _config(path: Path, workdir: Path, overrides: dict):
     """A config file + --config.key=value overrides through the command-line parser."""
-    from albert_jax.train import parse_pretrain_args
+    from albert_jax.cli import parse_config_args
 
-    return parse_pretrain_args(["--config", str(path), "--workdir", str(workdir),
-                                *(f"--config.{k}={v}" for k, v in overrides.items())])[0]
+    return parse_config_args(["--config", str(path), "--workdir", str(workdir),
+                              *(f"--config.{k}={v}" for k, v in overrides.items())])[0]
 
 
 def run_pinned(tmp: Path) -> dict:
-    from albert_jax.finetune import finetune
-    from albert_jax.train import pretrain
+    from albert_jax.training.finetune import finetune
+    from albert_jax.training.pretrain import pretrain
 
     pre = tmp / "pretrain"
     c = _config(REPO / "configs" / "pretrain" / "tiny.py", pre, {
