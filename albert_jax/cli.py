@@ -1,7 +1,13 @@
-"""The ``albert-jax`` command line: ``fill-mask``, ``score`` and ``convert``.
+"""The ``albert-jax`` command line: every subcommand's arguments and its one-line errors.
 
-User mistakes (bad input, missing model, unreadable checkpoint) end in one line on stderr,
-``albert-jax: error: ...``, and exit status 2; no traceback.
+Inference: ``fill-mask``, ``score``, ``convert``. Training: ``pretrain``, ``finetune``,
+``evaluate``, ``predict``, ``export``. Each subcommand is one ``add_<name>_command``
+function (its parser) and one ``cmd_<name>`` function (its handler, which calls the
+library). The training commands take an ``ml_collections`` config file and
+``--config.key=value`` overrides; ``albert-jax pretrain --help`` lists every key.
+
+User mistakes (bad input, missing model, unreadable checkpoint, bad config) end in one line
+on stderr, ``albert-jax COMMAND: error: ...``, and exit status 2; no traceback.
 
 ``score`` (batch scoring of a file, one text per line) has its own bad-line policy: a line
 that cannot be processed does not stop the run. Such a line is
@@ -27,12 +33,13 @@ import json
 import logging
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+
+from albert_jax.atomic import atomic_file, check_target
 
 PROG = "albert-jax"
 DEFAULT_MODEL = "albert-base-v2"
@@ -44,9 +51,22 @@ class UserError(Exception):
     """A problem with what the user asked for; printed as one line, exit status 2."""
 
 
-def _error(message: str) -> None:
+def _one_line(message: object) -> str:
     # One line whatever the message holds: newlines would break log parsers.
-    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return " ".join(str(message).split())
+
+
+def _error(message: str, command: str | None = None) -> None:
+    prog = f"{PROG} {command}" if command else PROG
+    print(f"{prog}: error: {_one_line(message)}", file=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one line (no usage dump)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {_one_line(message)}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _format_score(score: float) -> str:
@@ -150,31 +170,6 @@ def _read_lines(path: str) -> list[tuple[str, bool]]:
     return out
 
 
-class _AtomicWriter:
-    """A temporary file beside ``path``, renamed onto it by ``commit()``; removed otherwise."""
-
-    def __init__(self, path: str, binary: bool = False) -> None:
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise UserError(f"cannot write {path}: no directory {directory}")
-        fd, self.tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                                        suffix=".tmp")
-        self.path = path
-        self.file = os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8")
-
-    def commit(self) -> None:
-        self.file.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp creates 0600: give the usual mode.
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        self.file.close()
-        if os.path.exists(self.tmp):
-            os.unlink(self.tmp)
-
-
 def _load_task(args: argparse.Namespace):
     from albert_jax import hub
     from albert_jax.config import ConfigError
@@ -247,15 +242,19 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.task == "embed" and not args.output.endswith(".npy"):
         raise UserError(f"--task embed writes a .npy array: --output must end in .npy, "
                         f"got {args.output!r}")
+    embed = args.task == "embed"
+    status_path = args.output[: -len(".npy")] + ".jsonl" if embed else args.output
+    try:  # before any work: the outputs can be written
+        for path in {status_path, args.output}:
+            check_target(path)
+    except OSError as e:
+        raise UserError(str(e)) from None
     lines = _read_lines(args.input)
     task = _load_task(args)
     start = time.perf_counter()
-    embed = args.task == "embed"
-    status_path = args.output[: -len(".npy")] + ".jsonl" if embed else args.output
-    writer = _AtomicWriter(status_path)
-    array_writer = None
     failed = tokens = 0
-    try:
+    # Both outputs appear whole or not at all (an error or interrupt discards them).
+    with atomic_file(status_path) as status:
         vectors = (np.full((len(lines), task.model.config.hidden_size), np.nan, np.float32)
                    if embed else None)
         with tqdm(total=len(lines), unit="line", file=sys.stderr, disable=args.quiet) as bar:
@@ -264,18 +263,11 @@ def cmd_score(args: argparse.Namespace) -> int:
                 tokens += record.get("num_tokens", 0)
                 if vector is not None:
                     vectors[i] = vector
-                writer.file.write(json.dumps(record, ensure_ascii=False) + "\n")
+                status.write(json.dumps(record, ensure_ascii=False) + "\n")
                 bar.update(1)
         if embed:
-            array_writer = _AtomicWriter(args.output, binary=True)
-            np.save(array_writer.file, vectors)
-            array_writer.commit()
-        writer.commit()
-    except BaseException:
-        writer.discard()
-        if array_writer is not None:
-            array_writer.discard()
-        raise
+            with atomic_file(args.output, "wb") as array:
+                np.save(array, vectors)
     elapsed = max(time.perf_counter() - start, 1e-9)
     done = len(lines) - failed
     print(f"{PROG}: {args.task}: {done} of {len(lines)} lines scored ({failed} failed) in "
@@ -301,14 +293,195 @@ def cmd_convert(args: argparse.Namespace) -> int:
     except (hub.ModelNotFoundError, ConversionError, ConfigError, FileNotFoundError,
             FileExistsError) as e:
         raise UserError(str(e)) from None
-    print(f"wrote {args.to} checkpoint to {dest}", file=sys.stderr)
+    print(f"wrote {args.to} model to {dest}", file=sys.stderr)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="ALBERT for JAX and Flax.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# ============================================================================ training
+def parse_config_args(argv: Sequence[str], example: str = "configs/pretrain/tiny.py"
+                      ) -> tuple[Any, str]:
+    """``--config FILE --workdir DIR [--distributed] [--config.key=value ...]`` ->
+    ``(config, workdir)``. Overrides follow ``ml_collections.config_flags`` (unknown keys
+    and wrong types fail); a ``ConfigError`` names the problem in one line."""
+    import ml_collections
+    from absl import flags
+    from ml_collections import config_flags
 
+    from albert_jax.config import ConfigError
+
+    fv = flags.FlagValues()
+    args = ["albert-jax", *argv]
+    config_flags.DEFINE_config_file("config", None, "config file (get_config())", flag_values=fv,
+                                    sys_argv=args)
+    flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics)", flag_values=fv)
+    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first",
+                      flag_values=fv)
+    try:
+        rest = fv(args)
+    except flags.Error as e:
+        raise ConfigError(_one_line(e)) from None
+    except (KeyError, AttributeError) as e:
+        # config_flags reports an unknown key as AttributeError(KeyError("'name'")).
+        key = str(e.args[0] if e.args else e).strip("\"'")
+        raise ConfigError(f"unknown config key in an override: {key}") from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(_one_line(e)) from None
+    if len(rest) > 1:
+        raise ConfigError(f"unexpected arguments: {' '.join(rest[1:])}")
+    config = fv.config
+    if config is None:
+        raise ConfigError(f"--config is required (e.g. {example})")
+    if not isinstance(config, ml_collections.ConfigDict):
+        # config_flags hands back a proxy that raises on use when the file failed to load.
+        raise ConfigError(f"cannot load config file {_flag_value(args, 'config')!r} "
+                          "(missing, or its get_config() failed)")
+    if not fv.workdir:
+        raise ConfigError("--workdir is required")
+    if fv.distributed:
+        with config.unlocked():
+            config.distributed = True
+    _resolve_config_paths(config, _flag_value(args, "config"), args)
+    return config, fv.workdir
+
+
+def _resolve_config_paths(config: Any, config_file: str, args: Sequence[str]) -> None:
+    """Relative paths written in a config file -> absolute, from the file's directory (so a
+    config works from any directory); paths given as overrides stay relative to the current
+    directory. ``init`` is resolved only when it names an existing directory there (it may
+    be a hub name)."""
+    from albert_jax.training.run_config import PATH_FIELDS
+
+    overridden = {a[len("--config."):].split("=", 1)[0] for a in args
+                  if a.startswith("--config.")}
+    here = os.path.dirname(os.path.abspath(config_file))
+    for field in (*PATH_FIELDS, "data.tfds_data_dir", "init"):
+        section, _, key = field.rpartition(".")
+        node = config[section] if section else config
+        if field in overridden or key not in node:
+            continue
+        value = node[key]
+        if not isinstance(value, str) or not value or os.path.isabs(os.path.expanduser(value)):
+            continue
+        resolved = os.path.normpath(os.path.join(here, value))
+        if field != "init" or os.path.isdir(resolved):
+            node[key] = resolved
+
+
+def _flag_value(args: Sequence[str], name: str) -> str | None:
+    """The value given to ``--name`` (as ``--name=v`` or ``--name v``) in ``args``."""
+    for i, arg in enumerate(args):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def _config_keys_help(config: Any, per_config: Sequence[str] = ()) -> str:
+    """``key = default`` for every leaf of ``config`` (one line each)."""
+    from albert_jax.training.run_config import flat_items
+
+    items = flat_items(config)
+    width = max(len(k) for k, _ in items)
+    return "\n".join(f"  {k:<{width}}  "
+                     + ("(set by each config file)" if k in per_config else repr(v))
+                     for k, v in items)
+
+
+def _training_help(args: argparse.Namespace) -> str:
+    """The subcommand's help and its config keys: those of ``--config FILE`` when given and
+    loadable, else the defaults every config file starts from."""
+    from albert_jax.training import run_config as rc
+
+    config, source, per_config = None, "", ()
+    if args.config:
+        try:
+            config = parse_config_args(["--config", args.config, "--workdir", "-",
+                                        *args.overrides])[0]
+            source = f"the values of {args.config}"
+        except Exception as e:  # help still prints the defaults
+            source = f"defaults ({args.config}: {_one_line(e)})"
+    if config is None and args.command == "pretrain":
+        config, source = rc.pretrain_config(), source or (
+            "defaults (albert_jax.training.run_config.pretrain_config)")
+    elif config is None:
+        per_config = ("task", "optimizer.learning_rate", "global_batch_size",
+                      "num_train_steps", "optimizer.warmup_steps", "max_seq_length")
+        config = rc.finetune_config("", learning_rate=0.0, batch_size=0, steps=0, warmup=0,
+                                    max_seq_length=0)
+        source = source or "defaults (albert_jax.training.run_config.finetune_config)"
+    return (f"{args.parser.format_help()}\nconfig keys (override with --config.KEY=VALUE), "
+            f"{source}:\n{_config_keys_help(config, per_config)}\n")
+
+
+def _run_training(args: argparse.Namespace, run: Callable[[Any, str], Any],
+                  example: str) -> int:
+    """Shared by pretrain and finetune: --help, config + overrides, distributed set-up."""
+    if args.help:
+        print(_training_help(args), end="")
+        return 0
+    argv = [*(["--config", args.config] if args.config else []),
+            *(["--workdir", args.workdir] if args.workdir else []),
+            *(["--distributed"] if args.distributed else []), *args.overrides]
+    config, workdir = parse_config_args(argv, example=example)
+    if config.get("distributed", False):
+        from albert_jax.training.trainer import initialize_distributed
+
+        initialize_distributed()
+    result = run(config, workdir)
+    if result is not None:
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    def run(config, workdir):
+        from albert_jax.training.pretrain import pretrain
+
+        pretrain(config, workdir)
+
+    return _run_training(args, run, example="configs/pretrain/tiny.py")
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    def run(config, workdir):
+        from albert_jax.training.finetune import finetune
+
+        return finetune(config, workdir)
+
+    return _run_training(args, run, example="configs/finetune/sst2.py")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from albert_jax.training.finetune import evaluate
+
+    print(json.dumps(evaluate(args.workdir, args.model, args.split, args.input,
+                              args.batch_size)))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from albert_jax.training.finetune import predict
+
+    n = predict(args.output, args.workdir, args.model, args.split, args.input, args.batch_size)
+    print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from albert_jax.training.export import export
+
+    print(export(args.workdir, args.dest, to=args.to, step=args.step, dtype=args.dtype,
+                 overwrite=args.overwrite))
+    return 0
+
+
+# ============================================================================ parsers
+MODEL_HELP = (f"hub name or directory (default: {DEFAULT_MODEL}, or the bundled "
+              f"{FALLBACK_MODEL} when that is neither cached nor fetchable)")
+
+
+def add_fill_mask_command(sub: Any) -> None:
     fm = sub.add_parser(
         "fill-mask",
         help="rank completions of the [MASK] in each text",
@@ -316,15 +489,15 @@ def build_parser() -> argparse.ArgumentParser:
         "one [MASK]. Prints the top completions with their probabilities.",
     )
     fm.add_argument("text", nargs="*", metavar="TEXT")
-    fm.add_argument("--model", default=None, help="hub name or directory (default: "
-                    f"{DEFAULT_MODEL}, or the bundled {FALLBACK_MODEL} when that is neither "
-                    "cached nor fetchable)")
+    fm.add_argument("--model", default=None, help=MODEL_HELP)
     fm.add_argument("--top-k", type=int, default=5, help="completions per input (default 5)")
     fm.add_argument("--targets", help="comma-separated candidate tokens to score instead")
     fm.add_argument("--json", action="store_true",
                     help="one JSON object per input: {input, predictions} or {input, error}")
     fm.set_defaults(func=cmd_fill_mask)
 
+
+def add_score_command(sub: Any) -> None:
     sc = sub.add_parser(
         "score",
         help="batch scoring of a file: fill-mask, pseudo-log-likelihood or embeddings",
@@ -334,9 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         "any line failed.",
     )
     sc.add_argument("--task", required=True, choices=("fill-mask", "pll", "embed"))
-    sc.add_argument("--model", default=None, help="hub name or directory (default: "
-                    f"{DEFAULT_MODEL}, or the bundled {FALLBACK_MODEL} when that is neither "
-                    "cached nor fetchable)")
+    sc.add_argument("--model", default=None, help=MODEL_HELP)
     sc.add_argument("--input", required=True, help="text file, one input per line; - for stdin")
     sc.add_argument("--output", required=True, help="JSON Lines file (embed: .npy)")
     sc.add_argument("--batch-size", type=int, default=32, help="rows per step (default 32)")
@@ -355,9 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--quiet", action="store_true", help="no progress bar")
     sc.set_defaults(func=cmd_score)
 
+
+def add_convert_command(sub: Any) -> None:
     cv = sub.add_parser(
         "convert",
-        help="convert a checkpoint to albert_jax (default) or Hugging Face format",
+        help="convert a model to albert_jax (default) or Hugging Face format",
         description="SRC is a hub name, a Hugging Face directory, an albert_jax directory, "
         "or (--from tf) a Google TF checkpoint: its directory as released or a checkpoint "
         "prefix with --config and --spiece.",
@@ -373,33 +546,105 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--overwrite", action="store_true", help="replace an existing DEST")
     cv.set_defaults(func=cmd_convert)
 
-    # Training commands parse their own arguments (ml_collections --config.key=value
-    # overrides); they are listed here for --help and dispatched in main().
-    sub.add_parser("pretrain", add_help=False,
-                   help="MLM + SOP pretraining: --config FILE --workdir DIR [--config.k=v ...]")
-    sub.add_parser("export", add_help=False,
-                   help="WORKDIR DEST [--to hf]: a training run -> a model directory "
-                        "(fine-tuning: its best model)")
-    sub.add_parser("finetune", add_help=False,
-                   help="fine-tuning: --config configs/finetune/TASK.py --workdir DIR "
-                        "[--config.init=NAME_OR_DIR --config.k=v ...]")
-    sub.add_parser("evaluate", add_help=False,
-                   help="--workdir DIR | --model DIR [--split S]: dev metrics of a fine-tuned "
-                        "model")
-    sub.add_parser("predict", add_help=False,
-                   help="--workdir DIR | --model DIR [--split S | --input FILE] --output "
-                        "FILE.jsonl")
+
+def _add_training_command(sub: Any, name: str, summary: str, description: str,
+                          func: Callable[[argparse.Namespace], int]) -> None:
+    p = sub.add_parser(name, help=summary, description=description, add_help=False,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-h", "--help", action="store_true",
+                   help="show this help and every config key with its default")
+    p.add_argument("--config", metavar="FILE", help="config file defining get_config()")
+    p.add_argument("--workdir", metavar="DIR",
+                   help="run directory: checkpoints, metrics.jsonl, TensorBoard, tfds/; "
+                        "rerunning resumes from it")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (multi-host)")
+    p.set_defaults(func=func, parser=p, takes_overrides=True)
+
+
+def add_pretrain_command(sub: Any) -> None:
+    _add_training_command(
+        sub, "pretrain", "MLM + SOP pretraining: --config FILE --workdir DIR [--config.k=v ...]",
+        "ALBERT pretraining (masked LM + sentence order) on a folder of text files,\n"
+        "sharded over the devices of config.mesh. Example:\n\n"
+        "  albert-jax pretrain --config configs/pretrain/tiny.py --workdir /tmp/tiny \\\n"
+        "      --config.num_train_steps=100\n\n"
+        "Rerunning resumes from the latest checkpoint in the workdir.", cmd_pretrain)
+
+
+def add_finetune_command(sub: Any) -> None:
+    _add_training_command(
+        sub, "finetune", "fine-tuning: --config configs/finetune/TASK.py --workdir DIR "
+        "[--config.init=NAME_OR_DIR --config.k=v ...]",
+        "Fine-tunes config.init (a hub name or model directory) on config.task (GLUE,\n"
+        "SQuAD, CoNLL-2003, RACE/SWAG); keeps the best dev model in WORKDIR/best.\n"
+        "Example:\n\n"
+        "  albert-jax finetune --config configs/finetune/sst2.py --workdir /tmp/sst2 \\\n"
+        "      --config.init=albert-mini\n\n"
+        "Prints the best dev result as JSON. Rerunning resumes.", cmd_finetune)
+
+
+def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--workdir", help="a fine-tuning run (its best model)")
+    where.add_argument("--model", help="a model directory written by finetune/export")
+    p.add_argument("--split", default=None, help="a split of the task's data "
+                   "(default: the dev split for evaluate, test for predict)")
+    p.add_argument("--input", default=None, help="a file in the task's format instead")
+    p.add_argument("--batch-size", type=int, default=None)
+
+
+def add_evaluate_command(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="--workdir DIR | --model DIR [--split S]: dev metrics "
+                       "of a fine-tuned model", description="Metrics of a fine-tuned model on a "
+                       "split of its task, printed as JSON.")
+    _add_eval_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def add_predict_command(sub: Any) -> None:
+    p = sub.add_parser("predict", help="--workdir DIR | --model DIR [--split S | --input FILE] "
+                       "--output FILE.jsonl", description="One JSON object per example of a "
+                       "split (or an input file) with the fine-tuned model's prediction.")
+    _add_eval_arguments(p)
+    p.add_argument("--output", required=True, help="JSON Lines file to write")
+    p.set_defaults(func=cmd_predict)
+
+
+def add_export_command(sub: Any) -> None:
+    p = sub.add_parser("export", help="WORKDIR DEST [--to hf]: a training run -> a model "
+                       "directory (fine-tuning: its best model)",
+                       description="The model of a training run as a model directory: a "
+                       "pretraining run's latest (or --step) checkpoint, a fine-tuning run's "
+                       "best model.")
+    p.add_argument("workdir", metavar="WORKDIR")
+    p.add_argument("dest", metavar="DEST")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DEST")
+    p.add_argument("--step", type=int, default=None, help="pretraining: the checkpoint step "
+                   "(default: the latest)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="pretraining: storage dtype of the exported parameters (default float32)")
+    p.add_argument("--to", choices=("albert_jax", "hf"), default="albert_jax",
+                   help="albert_jax model directory (default) or Hugging Face format")
+    p.set_defaults(func=cmd_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="ALBERT for JAX and Flax.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (add_fill_mask_command, add_score_command, add_convert_command,
+                add_pretrain_command, add_finetune_command, add_evaluate_command,
+                add_predict_command, add_export_command):
+        add(sub)
     return parser
 
 
-# Subcommands with their own argument parsing: (module, function).
-_TRAIN_COMMANDS = {
-    "pretrain": ("train", "pretrain_main"),
-    "export": ("train", "export_main"),
-    "finetune": ("finetune", "finetune_main"),
-    "evaluate": ("finetune", "evaluate_main"),
-    "predict": ("finetune", "predict_main"),
-}
+# Exceptions that user input causes in the library: one line each, exit status 2. (Inference
+# handlers translate theirs to UserError themselves; the training library raises these.)
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from albert_jax.config import ConfigError
+
+    return (UserError, ConfigError, OSError, ValueError)
 
 
 class _OneLineFormatter(logging.Formatter):
@@ -409,22 +654,33 @@ class _OneLineFormatter(logging.Formatter):
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in _TRAIN_COMMANDS:
-        import importlib
-
-        module, function = _TRAIN_COMMANDS[argv[0]]
-        return getattr(importlib.import_module(f"albert_jax.{module}"), function)(argv[1:])
-    args = build_parser().parse_args(argv)
-    # Library notices (e.g. weights initialised) go to stderr as one line each.
+    parser = build_parser()
+    try:
+        args, extras = parser.parse_known_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    if extras and not getattr(args, "takes_overrides", False):
+        _error(f"unrecognized arguments: {' '.join(extras)}", args.command)
+        return 2
+    args.overrides = extras
+    training = args.command in ("pretrain", "finetune", "evaluate", "predict", "export")
+    # Inference notices (e.g. weights initialised) go to stderr as one line each. (The
+    # training commands log as the library does: their console is the progress bar.)
     logger = logging.getLogger("albert_jax")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLineFormatter())
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)  # Notices that need attention; not routine info.
+    if not training:
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)  # Notices that need attention; not routine info.
     try:
         return args.func(args)
     except UserError as e:
-        _error(str(e))
+        _error(str(e), args.command if training else None)
+        return 2
+    except _user_error_types() as e:
+        if not training:  # an inference handler did not translate it: a real bug
+            raise
+        _error(str(e), args.command)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -36,16 +36,14 @@ of other heads (the MLM head when loading a classifier, ...) are dropped.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import os
 import re
-import secrets
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +54,7 @@ import numpy as np
 from flax import traverse_util
 
 from albert_jax import hub
+from albert_jax.atomic import atomic_directory
 from albert_jax.config import AlbertConfig
 from albert_jax.model import HEADS, model_for_head
 
@@ -567,41 +566,6 @@ def _check_meta(path: str | None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- writing
-@contextlib.contextmanager
-def atomic_directory(dest: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yields a fresh sibling directory of ``dest`` that replaces ``dest`` on success.
-
-    A non-empty existing ``dest`` is refused (FileExistsError) unless ``overwrite``. On any
-    error the temporary directory is removed and ``dest`` is left as it was.
-    """
-    dest = Path(dest).absolute()
-    if dest.exists() or dest.is_symlink():
-        if not dest.is_dir():
-            raise FileExistsError(f"{dest} exists and is not a directory")
-        if any(dest.iterdir()) and not overwrite:
-            raise FileExistsError(f"{dest} exists and is not empty (overwrite to replace it)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # os.mkdir (not mkdtemp, which makes it 0700) so the result gets the usual permissions.
-    tmp = dest.parent / f".{dest.name}.tmp-{secrets.token_hex(4)}"
-    os.mkdir(tmp)
-    try:
-        yield tmp
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{secrets.token_hex(4)}"
-            os.rename(dest, old)
-            try:
-                os.rename(tmp, dest)
-            except BaseException:
-                os.rename(old, dest)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _architectures(heads: Sequence[str], hf_config: Mapping[str, Any]) -> tuple[str, ...]:
     """The source's architecture if its weights are all there, else the most complete."""
     by_class = {HEADS[h].__name__: h for h in heads}

@@ -56,15 +56,16 @@ def matmul_peak(n: int = 8192, dtype=jnp.bfloat16) -> float:
 
 def jax_train(cfg, b, repeats: int, optimizer: str) -> tuple[float, float]:
     """(seconds per step, compile seconds) of albert_jax's sharded train step."""
-    from albert_jax import train
-    from albert_jax.optim import make_optimizer
+    from albert_jax import sharding as shd
+    from albert_jax.training import pretrain, trainer
+    from albert_jax.training.optim import make_optimizer
 
-    mesh = train.shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    task = train.pretraining_task(cfg)
+    mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    task = pretrain.pretraining_task(cfg)
     tx = make_optimizer(optimizer, 1e-5, clip_norm=1.0, weight_decay=0.01)
-    state, shardings = train.create_train_state(task, tx, mesh, jax.random.PRNGKey(0))
-    step = train.make_train_step(task, tx, mesh, shardings, b)
-    batch = train.device_batch(mesh, b)
+    state, shardings = trainer.create_train_state(task, tx, mesh, jax.random.PRNGKey(0))
+    step = trainer.make_train_step(task, tx, mesh, shardings, b)
+    batch = trainer.device_batch(mesh, b)
     holder = {"state": state}
 
     def run():

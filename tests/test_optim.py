@@ -1,4 +1,4 @@
-"""albert_jax.optim against a direct NumPy transcription of ALBERT's published update."""
+"""albert_jax.training.optim against a direct NumPy transcription of ALBERT's published update."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from albert_jax import optim
 from albert_jax.config import AlbertConfig
 from albert_jax.model import AlbertForPreTraining
+from albert_jax.training import optim
 
 EXCLUDE = ("LayerNorm", "layer_norm", "bias")
 
