@@ -69,17 +69,16 @@ def f32_atol(reference, reduction: int, steps: int = 1, safety: float = 8.0) -> 
     return safety * EPS32 * float(np.sqrt(reduction * steps)) * scale
 
 
-# Reductions per layer application in which two programs may round differently: Q, K, V,
-# the scores, the softmax, the context, the attention output, LayerNorm, FFN in, FFN out,
-# LayerNorm (11), plus the embedding projection, the pooler and the two MLM-head matmuls.
-_REDUCTIONS_PER_LAYER, _REDUCTIONS_OUTSIDE = 11, 4
+# Successive steps of a forward pass outside the layers: the embedding projection and the head.
+_STEPS_OUTSIDE_LAYERS = 2
 
 
 def model_atol(reference, **hf_config) -> float:
     """:func:`f32_atol` of a whole forward pass of an ALBERT (transformers config fields,
-    albert-base-v2 defaults): the longest reduction is the FFN's, the steps every layer's."""
+    albert-base-v2 defaults). Within a layer the longest reduction (the FFN's) dominates and
+    LayerNorm rescales what comes out; the differences of successive layer applications add
+    up like a random walk."""
     hidden = hf_config.get("hidden_size", 768)
     ffn = hf_config.get("intermediate_size", 3072)
     applications = hf_config.get("num_hidden_layers", 12) * hf_config.get("inner_group_num", 1)
-    steps = applications * _REDUCTIONS_PER_LAYER + _REDUCTIONS_OUTSIDE
-    return f32_atol(reference, max(hidden, ffn), steps)
+    return f32_atol(reference, max(hidden, ffn), applications + _STEPS_OUTSIDE_LAYERS)
