@@ -287,7 +287,7 @@ def _check_finite(arrays: dict[str, np.ndarray], path: str) -> dict[str, np.ndar
             if not finite.all():
                 raise ConversionError(
                     f"{path}: tensor {name!r} holds {int((~finite).sum())} NaN or infinite "
-                    "values: the file is damaged"
+                    "values: the file is damaged (or was saved from a diverged run)"
                 )
     return arrays
 

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from albert_jax import hub
 
@@ -423,10 +425,6 @@ def test_catalogue_covers_both_formats_and_commands():
 
 
 # ---------------------------------------------------------------------------- properties
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
 # Any character, lone surrogates (from undecodable bytes) and the pieces that matter here.
 CHARS = st.one_of(
     st.characters(), st.characters(categories=["Cs"]),
