@@ -41,8 +41,10 @@ import functools
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,8 @@ from flax import traverse_util
 
 from albert_jax import hub
 from albert_jax.atomic import atomic_directory
-from albert_jax.config import AlbertConfig
+from albert_jax.config import AlbertConfig, config_from_hf_file, read_hf_config
+from albert_jax.errors import ConversionError
 from albert_jax.model import HEADS, model_for_head
 
 logger = logging.getLogger(__name__)
@@ -90,10 +93,6 @@ _ARCHITECTURE_ORDER = (
     "question_answering",
     "base",
 )
-
-
-class ConversionError(ValueError):
-    """A checkpoint that cannot be read, or does not fit the model it is loaded into."""
 
 
 class MissingDependencyError(ConversionError, ImportError):
@@ -271,10 +270,35 @@ def load_hf_state_dict(
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
     if path.endswith(".safetensors"):
-        return _load_safetensors(path)
+        return _check_finite(_load_safetensors(path), path)
     if path.endswith((".bin", ".pt", ".pth")):
-        return _load_torch(path)
+        return _check_finite(_load_torch(path), path)
     raise ConversionError(f"{path}: unknown weights format (expected .safetensors or .bin)")
+
+
+def _check_finite(arrays: dict[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
+    """Refuses NaN or infinite weights: they come only from a damaged file (or a diverged
+    run) and would make every output NaN without any error."""
+    for name, value in arrays.items():
+        if np.issubdtype(value.dtype, np.inexact) or value.dtype.name == "bfloat16":
+            finite = np.isfinite(value.astype(np.float32) if value.dtype.name == "bfloat16"
+                                 else value)
+            if not finite.all():
+                raise ConversionError(
+                    f"{path}: tensor {name!r} holds {int((~finite).sum())} NaN or infinite "
+                    "values: the file is damaged (or was saved from a diverged run)"
+                )
+    return arrays
+
+
+def _first_line(error: BaseException, limit: int = 160) -> str:
+    """The first line (or sentence) of an error message: library messages run to paragraphs
+    of advice, and an error line must stay one readable line."""
+    line = next((x.strip() for x in str(error).splitlines() if x.strip()), type(error).__name__)
+    if len(line) > limit:
+        end = line.find(". ")
+        line = line[: end + 1] if 0 < end < limit else line[: limit - 3] + "..."
+    return line
 
 
 def _load_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -285,7 +309,8 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
         return load_file(path)
     except (SafetensorError, ValueError, KeyError, OSError) as e:
         # KeyError: a dtype numpy cannot hold; the rest: a truncated or corrupt file.
-        raise ConversionError(f"{path}: not a readable safetensors file ({e})") from None
+        raise ConversionError(
+            f"{path}: not a readable safetensors file ({_first_line(e)})") from None
 
 
 def _load_torch(path: str) -> dict[str, np.ndarray]:
@@ -297,9 +322,29 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
             "pip install 'albert_jax[torch]' (or use a model.safetensors file)"
         ) from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # Its notes on pickle protocols are not ours to print.
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message for anything its restricted unpickler refuses advises retrying with
+        # weights_only=False, i.e. running the file's code: never relay that advice.
+        message = str(e)
+        found = re.search(r"GLOBAL ([\w.]+)", message)
+        if found:
+            raise ConversionError(
+                f"{path}: not a safe checkpoint: it holds objects other than tensors (it refers "
+                f"to {found.group(1):.80}), and loading them could run code from the file; only "
+                "plain state dicts of tensors are read (or use a model.safetensors file)"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", message)
+        reason = detail.group(1).strip() if detail else _first_line(e)
+        if "weights_only" in reason:
+            reason = "refused by the safe unpickler"
+        raise ConversionError(
+            f"{path}: not a readable PyTorch checkpoint ({reason[:200]})") from None
     except Exception as e:  # Unpickling errors come in many types (EOFError, RuntimeError...).
-        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+        raise ConversionError(
+            f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):
@@ -527,17 +572,13 @@ def read_checkpoint(
         from albert_jax import tf_checkpoint
 
         return tf_checkpoint.read_checkpoint(files, **config_overrides)
-    try:
-        with open(files.config, encoding="utf-8") as f:
-            hf_config = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{files.config} is not valid JSON: {e}") from None
-    config = AlbertConfig.from_hf_dict(hf_config, **config_overrides)
+    hf_config = read_hf_config(files.config)
+    config = config_from_hf_file(hf_config, files.config, **config_overrides)
     if files.format == "albert_jax":
         _check_meta(files.meta)
         params = {}
         for path in files.weights:
-            params.update(_load_safetensors(path))
+            params.update(_check_finite(_load_safetensors(path), path))
         return Checkpoint(params, config, hf_config, files, {p: p for p in params}, set(), [])
     state_dict = load_hf_state_dict(files.weights)
     mapped = _map_hf(state_dict, tie_word_embeddings=config.tie_word_embeddings)
@@ -553,8 +594,10 @@ def _check_meta(path: str | None) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConversionError(f"{path}: unreadable ({e})") from None
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8 or not JSON.
+        raise ConversionError(f"{path}: unreadable ({_first_line(e)})") from None
+    if not isinstance(meta, dict):
+        raise ConversionError(f"{path} must hold a JSON object, not a {type(meta).__name__}")
     if meta.get("format") != FORMAT_NAME:
         raise ConversionError(f"{path}: format is {meta.get('format')!r}, not {FORMAT_NAME!r}")
     if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:

@@ -444,10 +444,35 @@ def _local_files(path: str) -> ModelFiles:
 
 
 def _shard_names(index_path: str) -> list[str]:
-    """The shard file names listed by a ``*.index.json`` weight map, in order."""
+    """The shard file names listed by a ``*.index.json`` weight map, in order.
+
+    Raises :class:`~albert_jax.errors.ConversionError` naming the file and the field when
+    the index is unreadable or malformed; a shard must be a plain file name in the index's
+    own directory (never a path that reaches elsewhere).
+    """
     import json
 
-    with open(index_path, encoding="utf-8") as f:
-        weight_map = json.load(f)["weight_map"]
-    return sorted(set(weight_map.values()))
+    from albert_jax.errors import ConversionError
+
+    try:
+        with open(index_path, "rb") as f:
+            index = json.loads(f.read().decode("utf-8"))
+    except OSError as e:
+        raise ConversionError(f"{index_path}: cannot read it ({e.strerror or e})") from None
+    except ValueError as e:  # Not UTF-8, or not JSON.
+        raise ConversionError(f"{index_path} is not valid JSON ({e})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ConversionError(
+            f"{index_path}: no weight_map (an object mapping each tensor name to its shard "
+            "file)")
+    shards = set()
+    for tensor, shard in weight_map.items():
+        if (not isinstance(shard, str) or shard in ("", ".", "..")
+                or os.path.basename(shard) != shard or "\\" in shard):
+            raise ConversionError(
+                f"{index_path}: weight_map[{tensor!r:.80}] must be a file name beside the "
+                f"index, got {shard!r:.80}")
+        shards.add(shard)
+    return sorted(shards)
 

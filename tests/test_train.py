@@ -257,4 +257,6 @@ def test_two_processes_equal_one(tmp_path):
     multi = [_losses(p) for p in procs]
     single = _losses(reference)
     assert multi[0] == multi[1]
-    np.testing.assert_allclose(multi[0], single, rtol=1e-6)
+    # The loss is summed across 2 processes instead of 2 devices of one: rounding only,
+    # compounded over the steps (rtol 1e-6 is 8 eps: the edge of float32).
+    np.testing.assert_allclose(multi[0], single, rtol=1e-5)
