@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _EXPORTS = {
     "PRESETS": "config", "AlbertConfig": "config", "ConfigError": "config",
-    "ConversionError": "conversion", "convert": "conversion",
+    "ConversionError": "conversion", "convert": "sources",
     "Engine": "engine", "EngineOptions": "engine",
     "ModelNotFoundError": "hub",
     "Embedder": "inference", "FillMask": "inference", "PLLResult": "inference",
@@ -48,7 +48,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # static analysers and IDEs see the real imports
     from albert_jax.config import PRESETS, AlbertConfig, ConfigError  # noqa: F401
-    from albert_jax.conversion import ConversionError, convert  # noqa: F401
+    from albert_jax.conversion import ConversionError  # noqa: F401
     from albert_jax.engine import Engine, EngineOptions  # noqa: F401
     from albert_jax.hub import ModelNotFoundError  # noqa: F401
     from albert_jax.inference import (  # noqa: F401
@@ -68,4 +68,5 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real imports
         AlbertModel,
     )
     from albert_jax.pretrained import load_model, load_pretrained  # noqa: F401
+    from albert_jax.sources import convert  # noqa: F401
     from albert_jax.tokenizer import AlbertTokenizer  # noqa: F401

@@ -279,14 +279,13 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from albert_jax import hub
     from albert_jax.config import ConfigError
-    from albert_jax.conversion import ConversionError, convert
+    from albert_jax.conversion import ConversionError
+    from albert_jax.sources import convert
 
     try:
         src = args.src
-        if args.source_format == "tf":  # Google's TF checkpoints: albert_jax.tf_checkpoint.
-            from albert_jax import tf_checkpoint
-
-            src = tf_checkpoint.resolve_files(src, config=args.config, spiece=args.spiece)
+        if args.source_format == "tf":  # Google's TF checkpoints (albert_jax.tf_checkpoint).
+            src = hub.resolve_tf_files(src, config=args.config, spiece=args.spiece)
         elif args.config or args.spiece:
             raise UserError("--config and --spiece are for --from tf")
         dest = convert(src, args.dest, to=args.to, overwrite=args.overwrite)

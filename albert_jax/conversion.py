@@ -557,21 +557,14 @@ def _init_subset(
     return jax.jit(init)(rng)
 
 
-def read_checkpoint(
-    name_or_path: str | os.PathLike | hub.ModelFiles, **config_overrides: Any
-) -> Checkpoint:
-    """Reads a hub name, Hugging Face directory/file or albert_jax directory into memory.
+def read_files(files: hub.ModelFiles, **config_overrides: Any) -> Checkpoint:
+    """Reads a Hugging Face or albert_jax checkpoint's files into memory (any source,
+    Google's TF checkpoints included: :func:`albert_jax.sources.read_checkpoint`).
 
     ``config_overrides`` set fields of the :class:`AlbertConfig` built from ``config.json``.
     """
-    files = (
-        name_or_path if isinstance(name_or_path, hub.ModelFiles)
-        else hub.resolve_model_files(name_or_path)
-    )
-    if files.format == "tf":  # Google's TF checkpoints: albert_jax.tf_checkpoint.
-        from albert_jax import tf_checkpoint
-
-        return tf_checkpoint.read_checkpoint(files, **config_overrides)
+    if files.format not in ("hf", FORMAT_NAME):
+        raise ValueError(f"{files.name}: format {files.format!r} is not read here")
     hf_config = read_hf_config(files.config)
     config = config_from_hf_file(hf_config, files.config, **config_overrides)
     if files.format == "albert_jax":
@@ -696,33 +689,30 @@ def _dtype_name(params: Mapping[str, np.ndarray]) -> str | None:
     return names.pop() if len(names) == 1 else None
 
 
-def convert(
-    src: str | os.PathLike | hub.ModelFiles,
-    dest: str | os.PathLike,
-    to: str = "albert_jax",
-    *,
-    overwrite: bool = False,
-) -> str:
-    """Converts a checkpoint; returns ``dest``.
-
-    ``src``: a hub name, a Hugging Face, albert_jax or Google TF checkpoint directory (or
-    resolved files, e.g. :func:`albert_jax.tf_checkpoint.resolve_files`). ``to``:
-    ``"albert_jax"`` (the format in this module's docstring) or ``"hf"`` (``config.json``,
-    ``model.safetensors`` with Hugging Face names and PyTorch layout, tokenizer files), which
-    ``transformers`` loads with its ``from_pretrained``. Every tensor is kept, in its dtype.
-
-    ``dest`` is written atomically (a temporary sibling renamed at the end); an existing
-    non-empty ``dest`` raises FileExistsError unless ``overwrite``.
-    """
+def check_destination(dest: str | os.PathLike, to: str, *, overwrite: bool = False) -> None:
+    """Refuses a bad ``to`` or a ``dest`` that holds something (unless ``overwrite``); run
+    before reading the source, which may be slow."""
     if to not in CONVERT_TARGETS:
         raise ValueError(f"to must be one of {CONVERT_TARGETS}, got {to!r}")
     dest_path = Path(dest)
     if dest_path.exists() and not dest_path.is_dir():
         raise FileExistsError(f"{dest_path} exists and is not a directory")
     if dest_path.is_dir() and any(dest_path.iterdir()) and not overwrite:
-        # Checked before reading src, which may be slow.
-        raise FileExistsError(f"{dest_path} exists and is not empty (overwrite to replace it)")
-    ckpt = read_checkpoint(src)
+        raise FileExistsError(f"{dest_path} exists and is not empty (--overwrite to replace it)")
+
+
+def write_checkpoint(
+    ckpt: Checkpoint, dest: str | os.PathLike, to: str = "albert_jax", *, overwrite: bool = False
+) -> str:
+    """Writes a checkpoint read into memory as ``to``: ``"albert_jax"`` (the format in this
+    module's docstring) or ``"hf"`` (``config.json``, ``model.safetensors`` with Hugging Face
+    names and PyTorch layout, tokenizer files), which ``transformers`` loads with its
+    ``from_pretrained``. Every tensor is kept, in its dtype.
+
+    ``dest`` is written atomically (a temporary sibling renamed at the end); an existing
+    non-empty ``dest`` raises FileExistsError unless ``overwrite``. Returns ``dest``.
+    """
+    check_destination(dest, to, overwrite=overwrite)
     ckpt.validate()
     heads = ckpt.heads()
     architectures = _architectures(heads, ckpt.hf_config)

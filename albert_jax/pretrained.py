@@ -19,9 +19,9 @@ import jax
 
 from albert_jax import hub
 from albert_jax.config import AlbertConfig, config_from_hf_file, read_hf_config
-from albert_jax.conversion import read_checkpoint
 from albert_jax.errors import TokenizerError
 from albert_jax.model import HEADS, model_for_head
+from albert_jax.sources import read_checkpoint
 
 if TYPE_CHECKING:
     from albert_jax.tokenizer import AlbertTokenizer

@@ -8,6 +8,11 @@ from pathlib import Path
 
 # Tests see 8 CPU devices (sharding tests); must be set before jax is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# transformers imports TensorFlow whenever it is installed (the `test` extra has it, for
+# tests/test_tf_checkpoint.py); the oracles here are PyTorch, and the TFDS tests check
+# that our input path never imports TensorFlow.
+os.environ.setdefault("USE_TF", "0")
+os.environ.setdefault("USE_FLAX", "0")
 
 import numpy as np
 import pytest

@@ -22,12 +22,12 @@ from safetensors.numpy import load_file, save_file
 from albert_jax import conversion
 from albert_jax.conversion import (
     ConversionError,
-    convert,
     flax_to_hf_key,
     hf_to_flax_key,
     load_hf_state_dict,
 )
 from albert_jax.pretrained import load_model, load_pretrained
+from albert_jax.sources import convert
 
 # Small but not degenerate: 2 layer applications sharing one layer, vocab of the real spm.
 TINY = dict(

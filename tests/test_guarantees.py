@@ -54,8 +54,9 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     import jax
 
     from albert_jax.config import AlbertConfig
-    from albert_jax.conversion import convert, save_albert_jax
+    from albert_jax.conversion import save_albert_jax
     from albert_jax.model import AlbertForMaskedLM
+    from albert_jax.sources import convert
 
     cfg = AlbertConfig(vocab_size=30000, embedding_size=8, hidden_size=16, num_hidden_layers=1,
                        num_attention_heads=2, intermediate_size=32, max_position_embeddings=64)
@@ -210,7 +211,7 @@ CASES = [
     Case("control: fill-mask", lambda b: fill_mask(b.model()), 0, None,
          check_output=check_fill_mask_output),
     Case("control: convert", lambda b: ["convert", str(b.model()), str(b.tmp / "out")], 0,
-         "wrote albert_jax checkpoint", outputs=("out",), check_output=check_converted),
+         "wrote albert_jax model", outputs=("out",), check_output=check_converted),
 
     # A tokenizer that does not belong to the model (silent NaN or a crash before).
     Case("vocab_size smaller than the tokenizer",

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 
 from albert_jax import atomic
-from albert_jax.conversion import convert
+from albert_jax.sources import convert
 from albert_jax.training import finetune, pretrain
 
 
