@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from albert_jax import compile_cache
+
 PROG = "albert-jax"
 DEFAULT_MODEL = "albert-base-v2"
 # Shipped inside the package: the default when albert-base-v2 is neither cached nor fetchable.
@@ -72,6 +74,15 @@ def default_model() -> str:
     return FALLBACK_MODEL
 
 
+def _compile_cache(args: argparse.Namespace) -> None:
+    from albert_jax.compile_cache import CacheDirError, enable_from_args
+
+    try:
+        enable_from_args(args)
+    except CacheDirError as e:
+        raise UserError(str(e)) from None
+
+
 def _load_fill_mask(model: str):
     from albert_jax import hub
     from albert_jax.config import ConfigError
@@ -93,6 +104,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     targets = [t for t in args.targets.split(",") if t] if args.targets is not None else None
     if targets is not None and not targets:
         raise UserError("--targets is empty")
+    _compile_cache(args)
     fm = _load_fill_mask(args.model or default_model())
     try:
         target_ids = None if targets is None else fm.target_ids(targets)
@@ -106,8 +118,8 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
         except ValueError as e:
             errors[i] = str(e)
     valid = sorted(prepared)
-    probs = fm.probabilities([prepared[i] for i in valid]) if valid else None
-    row = {i: r for r, i in enumerate(valid)}
+    fm.plan(prepared[i] for i in valid)  # The workload is known: fewest shapes to compile.
+    best = fm.stream_top_k((prepared[i] for i in valid), args.top_k, target_ids)
     for i, text in enumerate(texts):
         if i in errors:
             sys.stdout.flush()
@@ -115,7 +127,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"input": text, "error": errors[i]}))
             continue
-        results = fm.format(prepared[i], probs[row[i]], args.top_k, target_ids)
+        results = fm.format_top_k(prepared[i], *next(best))
         if args.json:
             print(json.dumps({"input": text, "predictions": results}, ensure_ascii=False))
         else:
@@ -183,8 +195,8 @@ def _load_task(args: argparse.Namespace):
 
     cls = {"fill-mask": FillMask, "pll": PseudoLogLikelihood, "embed": Embedder}[args.task]
     kwargs = dict(batch_size=args.batch_size, max_length=args.max_length, data=args.data,
-                  fsdp=args.fsdp, tensor=args.tensor, cache_dir=args.cache_dir,
-                  dtype=args.dtype)
+                  fsdp=args.fsdp, tensor=args.tensor, dtype=args.dtype,
+                  max_batch_tokens=args.max_batch_tokens)
     if args.task == "pll":
         kwargs["word_l2r"] = args.word_l2r
     if args.task == "embed":
@@ -198,7 +210,7 @@ def _load_task(args: argparse.Namespace):
         raise UserError(str(e)) from None
 
 
-def _score_records(task, args, lines) -> Iterator[tuple[int, dict, Any]]:
+def _score_records(task, args, lines, progress=None) -> Iterator[tuple[int, dict, Any]]:
     """(line index, record, embedding or None) per input line, in input order."""
     prepared: dict[int, Any] = {}
     errors: dict[int, str] = {}
@@ -210,10 +222,14 @@ def _score_records(task, args, lines) -> Iterator[tuple[int, dict, Any]]:
         except ValueError as e:
             errors[i] = str(e).removeprefix("input ")
     valid = [i for i in range(len(lines)) if i in prepared]
+    task.plan(prepared[i] for i in valid)  # The workload is known: fewest shapes to compile.
+    if progress is not None and errors:
+        progress(len(errors))
     if args.task == "fill-mask":
-        results = task.stream_probabilities(prepared[i] for i in valid)
+        results = task.stream_top_k((prepared[i] for i in valid), args.top_k,
+                                    progress=progress)
     else:
-        results = task.stream(prepared[i] for i in valid)
+        results = task.stream((prepared[i] for i in valid), progress=progress)
     for i, (text, bad_utf8) in enumerate(lines):
         record: dict[str, Any] = {"line": i + 1}
         vector = None
@@ -225,7 +241,7 @@ def _score_records(task, args, lines) -> Iterator[tuple[int, dict, Any]]:
             record["num_tokens"] = (len(prepared[i].ids) if args.task == "fill-mask"
                                     else len(prepared[i]))
             if args.task == "fill-mask":
-                record["predictions"] = task.format(prepared[i], out, args.top_k, None)
+                record["predictions"] = task.format_top_k(prepared[i], *out)
             elif args.task == "pll":
                 record.update(out.to_dict())  # num_tokens: the tokens scored.
             else:
@@ -247,7 +263,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.task == "embed" and not args.output.endswith(".npy"):
         raise UserError(f"--task embed writes a .npy array: --output must end in .npy, "
                         f"got {args.output!r}")
+    if args.max_batch_tokens is not None and args.max_batch_tokens < 1:
+        raise UserError(f"--max-batch-tokens must be at least 1, got {args.max_batch_tokens}")
     lines = _read_lines(args.input)
+    _compile_cache(args)
     task = _load_task(args)
     start = time.perf_counter()
     embed = args.task == "embed"
@@ -258,14 +277,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     try:
         vectors = (np.full((len(lines), task.model.config.hidden_size), np.nan, np.float32)
                    if embed else None)
+        # The bar counts lines finished (as batches complete, in any order); records are
+        # written in input order as soon as they and every earlier line are done.
         with tqdm(total=len(lines), unit="line", file=sys.stderr, disable=args.quiet) as bar:
-            for i, record, vector in _score_records(task, args, lines):
+            for i, record, vector in _score_records(task, args, lines, progress=bar.update):
                 failed += "error" in record
                 tokens += record.get("num_tokens", 0)
                 if vector is not None:
                     vectors[i] = vector
                 writer.file.write(json.dumps(record, ensure_ascii=False) + "\n")
-                bar.update(1)
         if embed:
             array_writer = _AtomicWriter(args.output, binary=True)
             np.save(array_writer.file, vectors)
@@ -316,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     fm.add_argument("--targets", help="comma-separated candidate tokens to score instead")
     fm.add_argument("--json", action="store_true",
                     help="one JSON object per input: {input, predictions} or {input, error}")
+    compile_cache.add_arguments(fm)
     fm.set_defaults(func=cmd_fill_mask)
 
     sc = sub.add_parser(
@@ -344,7 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--data", type=int, default=-1, help="data-parallel devices (default all)")
     sc.add_argument("--fsdp", type=int, default=1)
     sc.add_argument("--tensor", type=int, default=1, help="tensor-parallel devices")
-    sc.add_argument("--cache-dir", help="persistent compilation cache directory")
+    sc.add_argument("--max-batch-tokens", type=int, default=None,
+                    help="token budget per batch (rows x padded length; --batch-size stays "
+                    "the row limit): short lines go in large batches, long ones in small")
+    compile_cache.add_arguments(sc)
     sc.add_argument("--quiet", action="store_true", help="no progress bar")
     sc.set_defaults(func=cmd_score)
 

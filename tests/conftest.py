@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 # Tests see 8 CPU devices (sharding tests); must be set before jax is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Commands turn the persistent compilation cache on by default: tests keep theirs private.
+os.environ.setdefault("ALBERT_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="albert_jax_xla_"))
 
 import pytest
 
