@@ -23,6 +23,7 @@ so a failed or interrupted run leaves nothing half-written.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
@@ -187,7 +188,7 @@ class _AtomicWriter:
             os.unlink(self.tmp)
 
 
-def _load_task(args: argparse.Namespace):
+def _load_task(args: argparse.Namespace, devices: Any = None):
     from albert_jax import hub
     from albert_jax.config import ConfigError
     from albert_jax.conversion import ConversionError
@@ -196,7 +197,7 @@ def _load_task(args: argparse.Namespace):
     cls = {"fill-mask": FillMask, "pll": PseudoLogLikelihood, "embed": Embedder}[args.task]
     kwargs = dict(batch_size=args.batch_size, max_length=args.max_length, data=args.data,
                   fsdp=args.fsdp, tensor=args.tensor, dtype=args.dtype,
-                  max_batch_tokens=args.max_batch_tokens)
+                  max_batch_tokens=args.max_batch_tokens, devices=devices)
     if args.task == "pll":
         kwargs["word_l2r"] = args.word_l2r
     if args.task == "embed":
@@ -210,17 +211,56 @@ def _load_task(args: argparse.Namespace):
         raise UserError(str(e)) from None
 
 
-def _score_records(task, args, lines, progress=None) -> Iterator[tuple[int, dict, Any]]:
-    """(line index, record, embedding or None) per input line, in input order."""
+def _prepare_lines(task, lines, indices) -> tuple[dict[int, Any], dict[int, str]]:
+    """(prepared input, error message) by line index, for the lines at ``indices``."""
     prepared: dict[int, Any] = {}
     errors: dict[int, str] = {}
-    for i, (text, _) in enumerate(lines):
+    for i in indices:
+        text = lines[i][0]
         try:
             if not text.strip():
                 raise ValueError("empty line")
             prepared[i] = task.prepare(text)
         except ValueError as e:
             errors[i] = str(e).removeprefix("input ")
+    return prepared, errors
+
+
+def _exchange_prepared(task, args, lines) -> tuple[dict[int, Any], dict[int, str]]:
+    """--distributed: each process prepares its share of the lines; all get all."""
+    from albert_jax import multihost
+    from albert_jax.inference import _Prepared
+
+    prepared, errors = _prepare_lines(task, lines, multihost.share(len(lines)))
+    fill = args.task == "fill-mask"
+    mine = {"prepared": {i: [p.ids, p.mask_index] if fill else p for i, p in prepared.items()},
+            "errors": errors}
+    everyone = [json.loads(b) for b in multihost.gather_bytes(json.dumps(mine).encode())]
+    prepared, errors = {}, {}
+    for part in everyone:
+        for i, p in part["prepared"].items():
+            prepared[int(i)] = _Prepared(ids=p[0], mask_index=p[1]) if fill else p
+        errors.update({int(i): e for i, e in part["errors"].items()})
+    return prepared, errors
+
+
+class _NoWriter:
+    """Stands in for :class:`_AtomicWriter` on the processes that do not write."""
+
+    def __init__(self) -> None:
+        self.file = io.StringIO()
+
+    def commit(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+
+def _score_records(task, args, lines, progress=None,
+                   prepared_errors=None) -> Iterator[tuple[int, dict, Any]]:
+    """(line index, record, embedding or None) per input line, in input order."""
+    prepared, errors = prepared_errors or _prepare_lines(task, lines, range(len(lines)))
     valid = [i for i in range(len(lines)) if i in prepared]
     task.plan(prepared[i] for i in valid)  # The workload is known: fewest shapes to compile.
     if progress is not None and errors:
@@ -267,11 +307,22 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise UserError(f"--max-batch-tokens must be at least 1, got {args.max_batch_tokens}")
     lines = _read_lines(args.input)
     _compile_cache(args)
-    task = _load_task(args)
+    primary, devices, prepared_errors = True, None, None
+    if args.distributed:  # One process per host; process 0 writes.
+        import jax
+
+        from albert_jax import multihost
+
+        multihost.initialize()
+        primary, devices = jax.process_index() == 0, jax.local_devices()
+    task = _load_task(args, devices)
+    if args.distributed:
+        task.engine.process_part = (jax.process_index(), jax.process_count())
+        prepared_errors = _exchange_prepared(task, args, lines)
     start = time.perf_counter()
     embed = args.task == "embed"
     status_path = args.output[: -len(".npy")] + ".jsonl" if embed else args.output
-    writer = _AtomicWriter(status_path)
+    writer = _AtomicWriter(status_path) if primary else _NoWriter()
     array_writer = None
     failed = tokens = 0
     try:
@@ -280,13 +331,14 @@ def cmd_score(args: argparse.Namespace) -> int:
         # The bar counts lines finished (as batches complete, in any order); records are
         # written in input order as soon as they and every earlier line are done.
         with tqdm(total=len(lines), unit="line", file=sys.stderr, disable=args.quiet) as bar:
-            for i, record, vector in _score_records(task, args, lines, progress=bar.update):
+            for i, record, vector in _score_records(task, args, lines, bar.update,
+                                                    prepared_errors):
                 failed += "error" in record
                 tokens += record.get("num_tokens", 0)
                 if vector is not None:
                     vectors[i] = vector
                 writer.file.write(json.dumps(record, ensure_ascii=False) + "\n")
-        if embed:
+        if embed and primary:
             array_writer = _AtomicWriter(args.output, binary=True)
             np.save(array_writer.file, vectors)
             array_writer.commit()
@@ -298,9 +350,10 @@ def cmd_score(args: argparse.Namespace) -> int:
         raise
     elapsed = max(time.perf_counter() - start, 1e-9)
     done = len(lines) - failed
-    print(f"{PROG}: {args.task}: {done} of {len(lines)} lines scored ({failed} failed) in "
-          f"{elapsed:.2f} s: {done / elapsed:.1f} inputs/s, {tokens / elapsed:.0f} tokens/s",
-          file=sys.stderr)
+    if primary:
+        print(f"{PROG}: {args.task}: {done} of {len(lines)} lines scored ({failed} failed) in "
+              f"{elapsed:.2f} s: {done / elapsed:.1f} inputs/s, {tokens / elapsed:.0f} "
+              "tokens/s", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -369,6 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="token budget per batch (rows x padded length; --batch-size stays "
                     "the row limit): short lines go in large batches, long ones in small")
     compile_cache.add_arguments(sc)
+    sc.add_argument("--distributed", action="store_true",
+                    help="one process per host on JAX's multi-host runtime "
+                    "(JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or JAX's "
+                    "detection on TPU pods and SLURM): each scores its share of the lines, "
+                    "process 0 writes the output")
     sc.add_argument("--quiet", action="store_true", help="no progress bar")
     sc.set_defaults(func=cmd_score)
 

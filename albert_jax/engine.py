@@ -178,6 +178,8 @@ class Engine:
         self.batch_size = self.batch_buckets[-1]
         self.max_batch_tokens = opts.max_batch_tokens
         self._plan: Plan | None = None
+        # (process index, process count): the default ``part`` of :meth:`stream`.
+        self.process_part: tuple[int, int] | None = None
 
         # Parameters: unboxed, placed by their logical names.
         self._param_shardings = param_shardings(params, self.mesh)
@@ -387,9 +389,51 @@ class Engine:
                              self.max_batch_tokens)
 
     # ---------------------------------------------------------------- streaming
+    def _row_outputs(self, kind: str, top_k: int, candidates: np.ndarray | None) -> Any:
+        """One row's output shape and dtype, as a tree like the step's."""
+        cfg = self.model.config
+        sds = jax.ShapeDtypeStruct
+        if kind == "topk":
+            k = min(top_k, cfg.vocab_size if candidates is None else len(candidates))
+            return (sds((k,), np.float32), sds((k,), np.int32))
+        return {"probs": sds((cfg.vocab_size,), np.float32), "logprob": sds((), np.float32)}.get(
+            kind, sds((cfg.hidden_size,), np.float32))
+
+    def _run_shared(self, kind: str, flat: list, order: list[int], batches: list[Batch],
+                    top_k: int, candidates: np.ndarray | None, part: tuple[int, int],
+                    results: list[Any]) -> None:
+        """Runs this process's batches (every ``part[1]``-th, from ``part[0]``) and fills
+        ``results`` with every row's output, gathered from all processes."""
+        from albert_jax import multihost
+
+        index, count = part
+        spec = self._row_outputs(kind, top_k, candidates)
+        local = jax.tree.map(lambda sd: np.zeros((len(flat), *sd.shape), np.float32), spec)
+        owner = np.zeros(len(flat), np.int64)
+        mine = []
+        for b, batch in enumerate(batches):
+            chunk = order[batch.start: batch.stop]
+            owner[chunk] = b % count
+            if b % count == index:
+                rows = [flat[i][1] for i in chunk]
+                mine.append((chunk, self._dispatch(kind, rows, batch.rows, batch.length,
+                                                   top_k, candidates)))
+        for chunk, out in mine:
+            host = self._fetch(out, len(chunk))
+            jax.tree.map(lambda dst, src, chunk=chunk: dst.__setitem__(chunk, src), local, host)
+        # Every process's rows, then each row from the process that ran it. Token ids
+        # (< 2^24) pass through float32 exactly.
+        gathered = jax.tree.map(
+            lambda a: multihost.gather_rows(a.reshape(1, *a.shape))[owner, np.arange(len(flat))],
+            local)
+        gathered = jax.tree.map(lambda a, sd: a.astype(sd.dtype), gathered, spec)
+        for i in range(len(flat)):
+            results[i] = jax.tree.map(lambda a, i=i: a[i], gathered)
+
     def _run_window(self, kind: str, groups: list[list[Row]], top_k: int,
                     candidates: np.ndarray | None,
-                    progress: Callable[[int], None] | None) -> Iterator[Any]:
+                    progress: Callable[[int], None] | None,
+                    part: tuple[int, int] | None = None) -> Iterator[Any]:
         flat = [(g, row) for g, rows in enumerate(groups) for row in rows]
         order = sorted(range(len(flat)), key=lambda i: len(flat[i][1].ids))
         batches = self._batches([len(flat[i][1].ids) for i in order])
@@ -426,6 +470,12 @@ class Engine:
                 done += 1
 
         yield from ready()  # Empty groups at the front.
+        if part is not None:
+            self._run_shared(kind, flat, order, batches, top_k, candidates, part, results)
+            remaining = [0] * len(groups)
+            if progress is not None and groups:
+                progress(len(groups))
+            batches = []
         for batch in batches:
             chunk = order[batch.start: batch.stop]
             rows = [flat[i][1] for i in chunk]
@@ -441,9 +491,16 @@ class Engine:
 
     def stream(self, kind: str, groups: Iterable[Sequence[Row]], *, top_k: int | None = None,
                candidates: Sequence[int] | None = None,
-               progress: Callable[[int], None] | None = None) -> Iterator[Any]:
+               progress: Callable[[int], None] | None = None,
+               part: tuple[int, int] | None = None) -> Iterator[Any]:
         """Yields, for each group of rows in input order, its outputs stacked: [rows, ...]
         (``"topk"``: a pair (scores [rows, k], ids [rows, k]), best first).
+
+        ``part=(process_index, process_count)``: every process passes the same groups and
+        runs only its share of each window's batches (every count-th); the outputs are
+        exchanged through JAX's collectives (:mod:`albert_jax.multihost`), so every
+        process yields all of them, each computed in exactly the batch a single process
+        would have used (the same numbers, bit for bit).
 
         Rows are sorted and batched across groups within windows of ``options.window``
         rows; a group is never split between windows. A group is yielded as soon as it
@@ -452,6 +509,7 @@ class Engine:
         is not a sequence of :class:`Row`, ValueError naming the bad argument otherwise.
         """
         cand = self._check_kind(kind, top_k, candidates)
+        part = part if part is not None else self.process_part
         if isinstance(groups, (Mapping, str, bytes)) or not isinstance(groups, Iterable):
             raise TypeError(f"groups must be an iterable of sequences of Row, got "
                             f"{type(groups).__name__}")
@@ -461,10 +519,10 @@ class Engine:
             window.append(self._check_rows(group))
             size += len(window[-1])
             if size >= self.options.window:
-                yield from self._run_window(kind, window, top_k or 0, cand, progress)
+                yield from self._run_window(kind, window, top_k or 0, cand, progress, part)
                 window, size = [], 0
         if window:
-            yield from self._run_window(kind, window, top_k or 0, cand, progress)
+            yield from self._run_window(kind, window, top_k or 0, cand, progress, part)
 
     def run(self, kind: str, groups: Iterable[Sequence[Row]], **kwargs: Any) -> list[Any]:
         """:meth:`stream` as a list."""
