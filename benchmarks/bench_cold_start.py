@@ -13,7 +13,9 @@ from exec to exit), one after the other in this one run:
 *Cold*: albert_jax's persistent compilation cache empty (a fresh ``--cache-dir``), and each
 side's first process; *warm*: the same command again (median of ``--repeats`` runs for
 (a)). The OS file cache is not dropped (a shared machine): library files are warm after
-each side's first process. transformers runs with ``USE_TF=0 USE_FLAX=0`` so that it does
+each side's first process. Each run also prints its CPU seconds (user + system, all
+threads): on a machine shared with other work, wall time stretches with the load, CPU time
+much less. transformers runs with ``USE_TF=0 USE_FLAX=0`` so that it does
 not import TensorFlow or Flax when they happen to be installed (as a PyTorch-only user
 would run it). Then where the time goes: the same steps timed inside one process per side
 (import, load, compile + first call, a second call), and the heaviest top-level imports
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -34,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from _bench_common import mask_one_word, random_base_checkpoint, sst2_sentences
 
@@ -103,12 +107,19 @@ print(f"{t1 - t0:.2f} {t2 - t1:.2f} {t3 - t2 - (t4 - t3):.2f} {t4 - t3:.3f}")
 """
 
 
+CPU_TIMES: dict[float, float] = {}  # Wall seconds of a run -> its CPU seconds.
+
+
 def run(cmd: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
-    """Wall seconds of one whole process; fails loudly if it fails."""
+    """Wall seconds of one whole process (its CPU seconds, user + system of every thread,
+    go to CPU_TIMES); fails loudly if it fails."""
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env)
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_TIMES[seconds] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode not in (0, 1):  # score exits 1 when some line failed.
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     return seconds, proc
@@ -126,11 +137,24 @@ def cold_warm(name: str, ours: list[str], theirs: list[str], cache: str, repeats
               target_cold: float | None, target_warm: float) -> dict:
     """Runs both sides cold, then warm ``repeats`` times; prints the comparison."""
     env = {"ALBERT_JAX_CACHE_DIR": cache}
-    jax_cold, proc = run(ours, env)
+    print(f"\n({name})  [wall s (CPU s)]", flush=True)
+
+    def timed(label: str, cmd: list[str], run_env: dict) -> tuple[float, float, Any]:
+        seconds, proc = run(cmd, run_env)
+        cpu = CPU_TIMES[seconds]
+        print(f"  {label:26} {seconds:7.2f} s  ({cpu:6.2f} s CPU)", flush=True)
+        return seconds, cpu, proc
+
+    jax_cold, jax_cold_cpu, proc = timed("albert_jax, cold", ours, env)
     tail = [line for line in proc.stderr.splitlines() if "scored" in line]
-    torch_cold, _ = run(theirs, TORCH_ENV)
-    jax_warm = statistics.median(run(ours, env)[0] for _ in range(repeats))
-    torch_warm = statistics.median(run(theirs, TORCH_ENV)[0] for _ in range(repeats))
+    torch_cold, torch_cold_cpu, _ = timed("transformers, cold", theirs, TORCH_ENV)
+    warm_runs = [timed(f"albert_jax, warm {r + 1}", ours, env)[:2] for r in range(repeats)]
+    torch_runs = [timed(f"transformers, warm {r + 1}", theirs, TORCH_ENV)[:2]
+                  for r in range(repeats)]
+    jax_warm = statistics.median(w for w, _ in warm_runs)
+    torch_warm = statistics.median(w for w, _ in torch_runs)
+    jax_warm_cpu = statistics.median(c for _, c in warm_runs)
+    torch_warm_cpu = statistics.median(c for _, c in torch_runs)
     entries = len(list(Path(cache).glob("*-cache")))
 
     def verdict(ratio: float, target: float | None) -> str:
@@ -138,17 +162,21 @@ def cold_warm(name: str, ours: list[str], theirs: list[str], cache: str, repeats
             return ""
         return f" (target >= {target:g}x: {'met' if ratio >= target else 'NOT met'})"
 
-    print(f"\n({name})")
     print(f"  cold: albert_jax {jax_cold:6.2f} s   transformers {torch_cold:6.2f} s   "
-          f"ratio {torch_cold / jax_cold:5.2f}x{verdict(torch_cold / jax_cold, target_cold)}")
+          f"ratio {torch_cold / jax_cold:5.2f}x{verdict(torch_cold / jax_cold, target_cold)}; "
+          f"CPU seconds {jax_cold_cpu:.2f} vs {torch_cold_cpu:.2f}: "
+          f"{torch_cold_cpu / jax_cold_cpu:.2f}x")
     print(f"  warm: albert_jax {jax_warm:6.2f} s   transformers {torch_warm:6.2f} s   "
           f"ratio {torch_warm / jax_warm:5.2f}x{verdict(torch_warm / jax_warm, target_warm)}"
-          f"   (median of {repeats})")
+          f"; CPU seconds {jax_warm_cpu:.2f} vs {torch_warm_cpu:.2f}: "
+          f"{torch_warm_cpu / jax_warm_cpu:.2f}x   (medians of {repeats})")
     print(f"  compilation cache after the runs: {entries} entries")
     if tail:
         print(f"  albert_jax cold run says: {tail[-1]}")
     return {"jax_cold": jax_cold, "torch_cold": torch_cold, "jax_warm": jax_warm,
-            "torch_warm": torch_warm}
+            "torch_warm": torch_warm, "jax_cold_cpu": jax_cold_cpu,
+            "torch_cold_cpu": torch_cold_cpu, "jax_warm_cpu": jax_warm_cpu,
+            "torch_warm_cpu": torch_warm_cpu}
 
 
 def phases(model_dir: str, cache: str) -> None:
