@@ -137,7 +137,7 @@ def cold_warm(name: str, ours: list[str], theirs: list[str], cache: str, repeats
               target_cold: float | None, target_warm: float) -> dict:
     """Runs both sides cold, then warm ``repeats`` times; prints the comparison."""
     env = {"ALBERT_JAX_CACHE_DIR": cache}
-    print(f"\n({name})  [wall s (CPU s)]", flush=True)
+    print(f"\n{name}  [wall s (CPU s)]", flush=True)
 
     def timed(label: str, cmd: list[str], run_env: dict) -> tuple[float, float, Any]:
         seconds, proc = run(cmd, run_env)
@@ -222,7 +222,7 @@ def main() -> None:
         mini_hf = os.path.join(work, "albert-mini-hf")
         run(albert_jax("convert", str(MINI), mini_hf, "--to", "hf"))
         results = {"a": cold_warm(
-            "a) fill-mask of one text, albert-mini",
+            "(a) fill-mask of one text, albert-mini",
             albert_jax("fill-mask", "--model", mini_hf, TEXT),
             python(TRANSFORMERS_A, mini_hf, TEXT),
             os.path.join(work, "cache_a"), args.repeats, None, 2.0)}
@@ -236,7 +236,7 @@ def main() -> None:
                 out_jax, out_torch = (os.path.join(work, f"out_{s}.jsonl")
                                       for s in ("jax", "torch"))
                 results["b"] = cold_warm(
-                    f"b) score --task fill-mask, {len(texts)} SST-2 dev sentences, "
+                    f"(b) score --task fill-mask, {len(texts)} SST-2 dev sentences, "
                     "albert-base-v2 shapes (random weights)",
                     albert_jax("score", "--task", "fill-mask", "--model", base_dir, "--input",
                                src, "--output", out_jax, "--quiet"),
