@@ -3,7 +3,8 @@
 Two kinds of fields live here. *Architecture* fields mirror Hugging Face's ``config.json``
 (every one that changes the math); they round-trip through :meth:`AlbertConfig.to_hf_dict`
 and :meth:`AlbertConfig.from_hf_dict`. *Runtime* fields (``dtype``, ``param_dtype``,
-``scan_layers``, ``remat``, ``attention``) choose how the program runs, never what it computes
+``scan_layers``, ``scan_unroll``, ``remat``, ``attention``) choose how the program runs, never
+what it computes
 in float32, and are not written to Hugging Face files.
 """
 
