@@ -4,8 +4,7 @@ Two kinds of fields live here. *Architecture* fields mirror Hugging Face's ``con
 (every one that changes the math); they round-trip through :meth:`AlbertConfig.to_hf_dict`
 and :meth:`AlbertConfig.from_hf_dict`. *Runtime* fields (``dtype``, ``param_dtype``,
 ``scan_layers``, ``scan_unroll``, ``remat``, ``attention``) choose how the program runs, never
-what it computes
-in float32, and are not written to Hugging Face files.
+what it computes in float32, and are not written to Hugging Face files.
 """
 
 from __future__ import annotations
