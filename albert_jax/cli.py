@@ -29,6 +29,8 @@ so a failed or interrupted run leaves nothing half-written.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import os
@@ -39,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from albert_jax import compile_cache
 from albert_jax.atomic import atomic_file, check_target
 
 PROG = "albert-jax"
@@ -92,6 +95,15 @@ def default_model() -> str:
     return FALLBACK_MODEL
 
 
+def _compile_cache(args: argparse.Namespace) -> None:
+    from albert_jax.compile_cache import CacheDirError, enable_from_args
+
+    try:
+        enable_from_args(args)
+    except CacheDirError as e:
+        raise UserError(str(e)) from None
+
+
 def _load_fill_mask(model: str):
     from albert_jax import hub
     from albert_jax.config import ConfigError
@@ -113,6 +125,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     targets = [t for t in args.targets.split(",") if t] if args.targets is not None else None
     if targets is not None and not targets:
         raise UserError("--targets is empty")
+    _compile_cache(args)
     fm = _load_fill_mask(args.model or default_model())
     try:
         target_ids = None if targets is None else fm.target_ids(targets)
@@ -126,8 +139,8 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
         except ValueError as e:
             errors[i] = str(e)
     valid = sorted(prepared)
-    probs = fm.probabilities([prepared[i] for i in valid]) if valid else None
-    row = {i: r for r, i in enumerate(valid)}
+    fm.plan(prepared[i] for i in valid)  # The workload is known: fewest shapes to compile.
+    best = fm.stream_top_k((prepared[i] for i in valid), args.top_k, target_ids)
     for i, text in enumerate(texts):
         if i in errors:
             sys.stdout.flush()
@@ -135,7 +148,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"input": text, "error": errors[i]}))
             continue
-        results = fm.format(prepared[i], probs[row[i]], args.top_k, target_ids)
+        results = fm.format_top_k(prepared[i], *next(best))
         if args.json:
             print(json.dumps({"input": text, "predictions": results}, ensure_ascii=False))
         else:
@@ -170,7 +183,7 @@ def _read_lines(path: str) -> list[tuple[str, bool]]:
     return out
 
 
-def _load_task(args: argparse.Namespace):
+def _load_task(args: argparse.Namespace, devices: Any = None):
     from albert_jax import hub
     from albert_jax.config import ConfigError
     from albert_jax.conversion import ConversionError
@@ -178,8 +191,8 @@ def _load_task(args: argparse.Namespace):
 
     cls = {"fill-mask": FillMask, "pll": PseudoLogLikelihood, "embed": Embedder}[args.task]
     kwargs = dict(batch_size=args.batch_size, max_length=args.max_length, data=args.data,
-                  fsdp=args.fsdp, tensor=args.tensor, cache_dir=args.cache_dir,
-                  dtype=args.dtype)
+                  fsdp=args.fsdp, tensor=args.tensor, dtype=args.dtype,
+                  max_batch_tokens=args.max_batch_tokens, devices=devices)
     if args.task == "pll":
         kwargs["word_l2r"] = args.word_l2r
     if args.task == "embed":
@@ -193,22 +206,60 @@ def _load_task(args: argparse.Namespace):
         raise UserError(str(e)) from None
 
 
-def _score_records(task, args, lines) -> Iterator[tuple[int, dict, Any]]:
-    """(line index, record, embedding or None) per input line, in input order."""
+def _prepare_lines(task, lines, indices) -> tuple[dict[int, Any], dict[int, str]]:
+    """(prepared input, error message) by line index, for the lines at ``indices``."""
     prepared: dict[int, Any] = {}
     errors: dict[int, str] = {}
-    for i, (text, _) in enumerate(lines):
+    for i in indices:
+        text = lines[i][0]
         try:
             if not text.strip():
                 raise ValueError("empty line")
             prepared[i] = task.prepare(text)
         except ValueError as e:
             errors[i] = str(e).removeprefix("input ")
+    return prepared, errors
+
+
+def _exchange_prepared(task, args, lines) -> tuple[dict[int, Any], dict[int, str]]:
+    """--distributed: each process prepares its share of the lines; all get all."""
+    from albert_jax import multihost
+    from albert_jax.inference import _Prepared
+
+    prepared, errors = _prepare_lines(task, lines, multihost.share(len(lines)))
+    fill = args.task == "fill-mask"
+    mine = {"prepared": {i: [p.ids, p.mask_index] if fill else p for i, p in prepared.items()},
+            "errors": errors}
+    everyone = [json.loads(b) for b in multihost.gather_bytes(json.dumps(mine).encode())]
+    prepared, errors = {}, {}
+    for part in everyone:
+        for i, p in part["prepared"].items():
+            prepared[int(i)] = _Prepared(ids=p[0], mask_index=p[1]) if fill else p
+        errors.update({int(i): e for i, e in part["errors"].items()})
+    return prepared, errors
+
+
+class _NoWriter(contextlib.nullcontext):
+    """Stands in for :func:`albert_jax.atomic.atomic_file` on the processes that do not
+    write: a context yielding a file that drops what is written."""
+
+    def __init__(self) -> None:
+        super().__init__(io.StringIO())
+
+
+def _score_records(task, args, lines, progress=None,
+                   prepared_errors=None) -> Iterator[tuple[int, dict, Any]]:
+    """(line index, record, embedding or None) per input line, in input order."""
+    prepared, errors = prepared_errors or _prepare_lines(task, lines, range(len(lines)))
     valid = [i for i in range(len(lines)) if i in prepared]
+    task.plan(prepared[i] for i in valid)  # The workload is known: fewest shapes to compile.
+    if progress is not None and errors:
+        progress(len(errors))
     if args.task == "fill-mask":
-        results = task.stream_probabilities(prepared[i] for i in valid)
+        results = task.stream_top_k((prepared[i] for i in valid), args.top_k,
+                                    progress=progress)
     else:
-        results = task.stream(prepared[i] for i in valid)
+        results = task.stream((prepared[i] for i in valid), progress=progress)
     for i, (text, bad_utf8) in enumerate(lines):
         record: dict[str, Any] = {"line": i + 1}
         vector = None
@@ -220,7 +271,7 @@ def _score_records(task, args, lines) -> Iterator[tuple[int, dict, Any]]:
             record["num_tokens"] = (len(prepared[i].ids) if args.task == "fill-mask"
                                     else len(prepared[i]))
             if args.task == "fill-mask":
-                record["predictions"] = task.format(prepared[i], out, args.top_k, None)
+                record["predictions"] = task.format_top_k(prepared[i], *out)
             elif args.task == "pll":
                 record.update(out.to_dict())  # num_tokens: the tokens scored.
             else:
@@ -249,30 +300,48 @@ def cmd_score(args: argparse.Namespace) -> int:
             check_target(path)
     except OSError as e:
         raise UserError(str(e)) from None
+    if args.max_batch_tokens is not None and args.max_batch_tokens < 1:
+        raise UserError(f"--max-batch-tokens must be at least 1, got {args.max_batch_tokens}")
     lines = _read_lines(args.input)
-    task = _load_task(args)
+    _compile_cache(args)
+    primary, devices, prepared_errors = True, None, None
+    if args.distributed:  # One process per host; process 0 writes.
+        import jax
+
+        from albert_jax import multihost
+
+        multihost.initialize()
+        primary, devices = jax.process_index() == 0, jax.local_devices()
+    task = _load_task(args, devices)
+    if args.distributed:
+        task.engine.process_part = (jax.process_index(), jax.process_count())
+        prepared_errors = _exchange_prepared(task, args, lines)
     start = time.perf_counter()
     failed = tokens = 0
-    # Both outputs appear whole or not at all (an error or interrupt discards them).
-    with atomic_file(status_path) as status:
+    # Both outputs appear whole or not at all (an error or interrupt discards them); in a
+    # distributed run only process 0 writes.
+    with atomic_file(status_path) if primary else _NoWriter() as status:
         vectors = (np.full((len(lines), task.model.config.hidden_size), np.nan, np.float32)
                    if embed else None)
+        # The bar counts lines finished (as batches complete, in any order); records are
+        # written in input order as soon as they and every earlier line are done.
         with tqdm(total=len(lines), unit="line", file=sys.stderr, disable=args.quiet) as bar:
-            for i, record, vector in _score_records(task, args, lines):
+            for i, record, vector in _score_records(task, args, lines, bar.update,
+                                                    prepared_errors):
                 failed += "error" in record
                 tokens += record.get("num_tokens", 0)
                 if vector is not None:
                     vectors[i] = vector
                 status.write(json.dumps(record, ensure_ascii=False) + "\n")
-                bar.update(1)
-        if embed:
+        if embed and primary:
             with atomic_file(args.output, "wb") as array:
                 np.save(array, vectors)
     elapsed = max(time.perf_counter() - start, 1e-9)
     done = len(lines) - failed
-    print(f"{PROG}: {args.task}: {done} of {len(lines)} lines scored ({failed} failed) in "
-          f"{elapsed:.2f} s: {done / elapsed:.1f} inputs/s, {tokens / elapsed:.0f} tokens/s",
-          file=sys.stderr)
+    if primary:
+        print(f"{PROG}: {args.task}: {done} of {len(lines)} lines scored ({failed} failed) in "
+              f"{elapsed:.2f} s: {done / elapsed:.1f} inputs/s, {tokens / elapsed:.0f} "
+              "tokens/s", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -493,6 +562,7 @@ def add_fill_mask_command(sub: Any) -> None:
     fm.add_argument("--targets", help="comma-separated candidate tokens to score instead")
     fm.add_argument("--json", action="store_true",
                     help="one JSON object per input: {input, predictions} or {input, error}")
+    compile_cache.add_arguments(fm)
     fm.set_defaults(func=cmd_fill_mask)
 
 
@@ -521,7 +591,15 @@ def add_score_command(sub: Any) -> None:
     sc.add_argument("--data", type=int, default=-1, help="data-parallel devices (default all)")
     sc.add_argument("--fsdp", type=int, default=1)
     sc.add_argument("--tensor", type=int, default=1, help="tensor-parallel devices")
-    sc.add_argument("--cache-dir", help="persistent compilation cache directory")
+    sc.add_argument("--max-batch-tokens", type=int, default=None,
+                    help="token budget per batch (rows x padded length; --batch-size stays "
+                    "the row limit): short lines go in large batches, long ones in small")
+    compile_cache.add_arguments(sc)
+    sc.add_argument("--distributed", action="store_true",
+                    help="one process per host on JAX's multi-host runtime "
+                    "(JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or JAX's "
+                    "detection on TPU pods and SLURM): each scores its share of the lines, "
+                    "process 0 writes the output")
     sc.add_argument("--quiet", action="store_true", help="no progress bar")
     sc.set_defaults(func=cmd_score)
 

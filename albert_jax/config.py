@@ -3,8 +3,8 @@
 Two kinds of fields live here. *Architecture* fields mirror Hugging Face's ``config.json``
 (every one that changes the math); they round-trip through :meth:`AlbertConfig.to_hf_dict`
 and :meth:`AlbertConfig.from_hf_dict`. *Runtime* fields (``dtype``, ``param_dtype``,
-``scan_layers``, ``remat``, ``attention``) choose how the program runs, never what it computes
-in float32, and are not written to Hugging Face files.
+``scan_layers``, ``scan_unroll``, ``remat``, ``attention``) choose how the program runs, never
+what it computes in float32, and are not written to Hugging Face files.
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ class AlbertConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     scan_layers: bool = True
+    # Layer iterations per scan-loop iteration (nn.scan's ``unroll``): 1 keeps one loop
+    # iteration per layer; k > 1 lets XLA fuse across k layers at the cost of compile time.
+    scan_unroll: int = 1
     remat: str = "none"
     attention: str = "explicit"
 
@@ -147,6 +150,9 @@ class AlbertConfig:
             if getattr(self, name) not in SUPPORTED_DTYPES:
                 errors.append(f"{name} must be one of {SUPPORTED_DTYPES}, got "
                               f"{getattr(self, name)!r}")
+        if (not isinstance(self.scan_unroll, int) or isinstance(self.scan_unroll, bool)
+                or self.scan_unroll < 1):
+            errors.append(f"scan_unroll must be a positive integer, got {self.scan_unroll!r}")
         if self.remat not in REMAT_POLICIES:
             errors.append(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
@@ -244,7 +250,9 @@ class AlbertConfig:
         return cls.from_json_file(hub.resolve_file(name, "config.json"), **overrides)
 
 
-_RUNTIME_FIELDS = frozenset({"dtype", "param_dtype", "scan_layers", "remat", "attention"})
+_RUNTIME_FIELDS = frozenset(
+    {"dtype", "param_dtype", "scan_layers", "scan_unroll", "remat", "attention"}
+)
 _POSITIVE_INT_FIELDS = (
     "vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_hidden_groups",
     "num_attention_heads", "intermediate_size", "inner_group_num", "max_position_embeddings",

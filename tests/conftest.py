@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 # Tests see 8 CPU devices (sharding tests); must be set before jax is imported.
@@ -13,6 +14,8 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # that our input path never imports TensorFlow.
 os.environ.setdefault("USE_TF", "0")
 os.environ.setdefault("USE_FLAX", "0")
+# Commands turn the persistent compilation cache on by default: tests keep theirs private.
+os.environ.setdefault("ALBERT_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="albert_jax_xla_"))
 
 import numpy as np
 import pytest

@@ -240,7 +240,7 @@ def test_score_missing_input_is_usage_error(model_dir, tmp_path, monkeypatch, ca
 def test_score_failure_leaves_no_output(model_dir, tmp_path, monkeypatch, capsys):
     from albert_jax.inference import PseudoLogLikelihood
 
-    def boom(self, prepared):
+    def boom(self, prepared, progress=None):
         yield from ()
         raise RuntimeError("device lost")
 
