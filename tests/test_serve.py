@@ -15,7 +15,7 @@ import pytest
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
-from serve_util import REPO, Server, cli, jax_cache_dir, tiny_model  # noqa: E402
+from serve_util import REPO, Server, cli, free_port, jax_cache_dir, tiny_model  # noqa: E402
 
 from albert_jax.inference import FillMask  # noqa: E402
 
@@ -434,10 +434,13 @@ def test_page_in_headless_chromium(env):
 def test_batcher_bounds_shapes_and_admission(env):
     """The batcher compiles exactly the shapes it can form and refuses, at admission, a row
     longer than any batch holds (here 40 tokens: 1 x 40 fits 40 tokens, 1 x 48 does not)."""
+    import jax
+
     from albert_jax.engine import Row
     from albert_jax.serving.batcher import Batcher, QueueFull
 
-    fm = FillMask.from_pretrained(str(env["tiny"]), batch_size=4)
+    fm = FillMask.from_pretrained(str(env["tiny"]), batch_size=4, data=1,
+                                  devices=jax.devices()[:1])
     batcher = Batcher(fm.engine, name="t", max_batch_size=4, max_batch_tokens=40,
                       max_queue=3)
     assert batcher.max_length == 40
@@ -448,3 +451,50 @@ def test_batcher_bounds_shapes_and_admission(env):
     batcher.submit([Row([1] * 8)] * 3)
     with pytest.raises(QueueFull):
         batcher.submit([Row([1] * 8)])
+
+
+def test_a_bug_is_a_500_without_traceback(env, tmp_path, caplog):
+    """A failing engine (a bug stand-in: run_batch raises) gives 500 {"error_type":
+    "internal"} over real HTTP, the traceback only in the log, and a ledger row."""
+    import threading
+
+    import uvicorn
+
+    from albert_jax.serving import db
+    from albert_jax.serving.app import create_app
+    from albert_jax.serving.server import ServeConfig, build_service
+
+    url = f"sqlite:///{tmp_path / 'bug.db'}"
+    key = db.create_key(db.connect(url), "bug")
+    service = build_service(ServeConfig(models=[f"tiny={env['tiny']}"], db=url,
+                                        max_batch_size=1, length_buckets=(32,),
+                                        max_length=32))
+    service.start()
+    served = service.models["tiny"]
+    assert served.batcher.ready.wait(120)
+
+    def broken(kind, rows):
+        raise RuntimeError("boom: a bug in the engine")
+
+    served.batcher.engine.run_batch = broken
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with caplog.at_level("ERROR", logger="albert_jax.serving"):
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/inference/tiny",
+                           json={"input": "a [MASK]"}, headers=auth(key), timeout=30)
+        body = assert_error(r, 500, "internal")
+        assert "boom" not in body["error"] and r.headers["x-request-id"] in body["error"]
+        assert "boom: a bug in the engine" in caplog.text  # the traceback is logged
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        service.close()
+    rows = db.usage_summary(db.connect(url), "bug")
+    assert [(r["requests"], r["failed"], r["cost"]) for r in rows] == [(1, 1, 0.0)]

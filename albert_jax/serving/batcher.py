@@ -1,12 +1,15 @@
 """Continuous dynamic batching of single rows from many requests onto one engine.
 
 Every :class:`~albert_jax.engine.Engine` gets one dedicated thread (JAX runs only there;
-the event loop only waits on futures). The thread takes whatever is queued, first come
-first served, into the next batch while it fits: at most ``max_batch_size`` rows and at
-most ``max_batch_tokens`` *padded* tokens (rows bucket x length bucket, the shape the
-device really runs). When the queue holds less than a full batch it waits for more rows,
-but never longer than ``max_wait_s`` after the oldest one arrived; a full batch goes at
-once, and rows that arrive while the device is busy ride in the next batch.
+the event loop only waits on futures). The thread takes whatever is queued into the next
+batch while it fits: at most ``max_batch_size`` rows and at most ``max_batch_tokens``
+*padded* tokens (rows bucket x length bucket, the shape the device really runs). The oldest
+row always rides in the next batch and sets its length bucket; younger rows of that bucket
+or shorter join it in arrival order, longer ones wait for the next batch (which goes at
+once), so short rows are not padded to long ones and no row starves. When the queue holds
+less than a full batch the thread waits for more rows, but never longer than ``max_wait_s``
+after the oldest one arrived; a full batch goes at once, and rows that arrive while the
+device is busy ride in the next batch.
 
 A batch's device time is shared among its rows in proportion to their tokens: that share
 is what a request is billed.
@@ -151,25 +154,37 @@ class Batcher:
                 * bucket_for(longest, self.engine.length_buckets))
 
     def _take(self, batch: list[_Item], longest: int) -> tuple[int, bool]:
-        """Moves queued items that fit into ``batch``; (longest row, batch is full).
+        """Moves queued rows into ``batch``; (longest row, nothing more to wait for).
 
-        Called with the lock held; a row leaves ``_waiting`` when its batch is dispatched
-        (or here, when its request already gave up).
+        The oldest row sets the batch's length bucket; later rows join in arrival order when
+        they fit that bucket (none pays for another's padding) and the padded-token bound.
+        Rows that do not fit stay queued, in order, for the next batch, which then goes at
+        once: the batch counts as full. Called with the lock held; a row leaves
+        ``_waiting`` when its batch is dispatched (or here, when its request gave up).
         """
-        while self._queue:
-            if len(batch) >= self.max_batch_size:
-                return longest, True
-            item = self._queue[0]
-            new_longest = max(longest, len(item.row.ids))
-            if batch and self._padded(len(batch) + 1, new_longest) > self.max_batch_tokens:
-                return longest, True
-            self._queue.popleft()
+        lengths = self.engine.length_buckets
+        bucket = bucket_for(longest, lengths) if batch else None
+        skipped: collections.deque[_Item] = collections.deque()
+        while self._queue and len(batch) < self.max_batch_size:
+            item = self._queue.popleft()
+            n = len(item.row.ids)
+            if bucket is not None and (
+                    bucket_for(n, lengths) > bucket
+                    or self._padded(len(batch) + 1, bucket) > self.max_batch_tokens):
+                skipped.append(item)
+                continue
             if not item.future.set_running_or_notify_cancel():
                 self._waiting -= 1
                 continue  # Its request gave up (timeout) while it queued.
             batch.append(item)
-            longest = new_longest
-        return longest, len(batch) >= self.max_batch_size
+            longest = max(longest, n)
+            if bucket is None:
+                bucket = bucket_for(n, lengths)
+        full = len(batch) >= self.max_batch_size or bool(skipped)
+        if skipped:
+            skipped.extend(self._queue)
+            self._queue = skipped
+        return longest, full
 
     def _next_batch(self) -> list[_Item] | None:
         with self._cond:

@@ -12,6 +12,7 @@ A second signal exits at once.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import sys
@@ -117,19 +118,31 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def _setup_logging() -> None:
+@contextlib.contextmanager
+def _server_logging():
+    """The server's own log lines (INFO, timestamped, access log included) on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    for name in ("albert_jax.serving",):
-        log = logging.getLogger(name)
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
+    log = logging.getLogger("albert_jax.serving")
+    saved = log.level, log.propagate
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False  # Not twice through the command line's own handler.
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(saved[0])
+        log.propagate = saved[1]
 
 
 def serve(cfg: ServeConfig) -> int:
     """Runs the server until SIGTERM / Ctrl+C; 0 after a clean drain."""
-    _setup_logging()
+    with _server_logging():
+        return _serve(cfg)
+
+
+def _serve(cfg: ServeConfig) -> int:
     service = build_service(cfg)
     service.start()  # Engine threads: compile every shape, then batch.
     app = create_app(service)
