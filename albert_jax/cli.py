@@ -384,7 +384,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except (hub.ModelNotFoundError, ConversionError, ConfigError, FileNotFoundError,
             ValueError) as e:
         raise UserError(str(e)) from None
-    except OSError as e:  # The port is taken, the database unreachable, ...
+    except (OSError, *_db_errors()) as e:  # The port is taken, the database unreachable...
         raise UserError(f"cannot serve: {e}") from None
 
 

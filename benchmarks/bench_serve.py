@@ -13,7 +13,9 @@ All three run the same checkpoint: albert-base-v2 shapes with RANDOM weights (tr
 and the answers are meaningless. Inputs: SST-2 dev sentences of at most 30 tokens with
 their middle word masked; the servers compile length buckets 16, 24 and 32 (``--max-length
 32``). Every answer is checked against the 1-client answer for the same text on the same
-server (tokens equal, scores within 1e-5): a lost or mismatched response is counted.
+server (tokens equal, scores within 1e-5): a lost or mismatched response is counted. The
+servers get ``--request-timeout-s 300``: the 256-client level queues for longer than the
+default 30 s on a 2-core CPU, and a 504 would count as lost.
 
     python benchmarks/bench_serve.py [--requests 1:32,16:128,64:256,256:512]
 """
@@ -111,6 +113,7 @@ async def load(url: str, headers: dict, texts: list[str], clients: int, total: i
     latencies: list[float] = []
     answers: dict[str, list] = {}
     errors = mismatched = 0
+    statuses: dict[str, int] = {}  # what the errors were
     counter = iter(range(total))
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
@@ -121,12 +124,14 @@ async def load(url: str, headers: dict, texts: list[str], clients: int, total: i
             t0 = time.perf_counter()
             try:
                 r = await client.post(url + "/models/m", json={"inputs": text})
-            except httpx.HTTPError:
+            except httpx.HTTPError as e:
                 errors += 1
+                statuses[type(e).__name__] = statuses.get(type(e).__name__, 0) + 1
                 continue
             latencies.append(time.perf_counter() - t0)
             if r.status_code != 200:
                 errors += 1
+                statuses[str(r.status_code)] = statuses.get(str(r.status_code), 0) + 1
                 continue
             got = r.json()
             answers.setdefault(text, got)
@@ -148,7 +153,8 @@ async def load(url: str, headers: dict, texts: list[str], clients: int, total: i
             else float("nan")
 
     return dict(clients=clients, requests=total, rps=(total - errors) / wall, p50=pct(0.50),
-                p99=pct(0.99), errors=errors, mismatched=mismatched, answers=answers)
+                p99=pct(0.99), errors=errors, mismatched=mismatched, answers=answers,
+                statuses=statuses)
 
 
 def measure(name: str, url: str, headers: dict, texts: list[str],
@@ -162,7 +168,7 @@ def measure(name: str, url: str, headers: dict, texts: list[str],
         rows.append(row)
         print(f"  {name}: {clients:>3} clients, {total} requests: {row['rps']:.1f} req/s, "
               f"p50 {row['p50']:.0f} ms, p99 {row['p99']:.0f} ms, errors {row['errors']}, "
-              f"mismatched {row['mismatched']}", flush=True)
+              f"mismatched {row['mismatched']} {row['statuses'] or ''}", flush=True)
     return rows
 
 
@@ -170,7 +176,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", default="1:32,16:128,64:256,256:512",
                         help="clients:requests per level")
-    parser.add_argument("--only", default="abc", help="which servers to run (default abc)")
+    parser.add_argument("--only", default="abc",
+                        help="which servers to run (default abc; d: (a) in bfloat16)")
     args = parser.parse_args()
     levels = [tuple(int(x) for x in level.split(":")) for level in args.requests.split(",")]
 
@@ -193,10 +200,14 @@ def main() -> None:
                          capture_output=True, text=True, check=True).stdout.strip()
     auth = {"Authorization": f"Bearer {key}"}
     common = ["--model", f"m={model_dir}", "--db", db, "--length-buckets", "16,24,32",
-              "--max-length", "32", "--max-queue", "4096", "--cache-dir", str(work / "cache")]
+              "--max-length", "32", "--max-queue", "4096", "--request-timeout-s", "300",
+              "--cache-dir", str(work / "cache")]
     servers = {
         "a": ("(a) albert-jax serve", [*cli, "serve", *common, "--max-batch-size", "32"], auth),
         "b": ("(b) batching off", [*cli, "serve", *common, "--max-batch-size", "1"], auth),
+        # Not part of the comparison (different numbers): the same server in bfloat16.
+        "d": ("(d) = (a) with --dtype bfloat16",
+              [*cli, "serve", *common, "--max-batch-size", "32", "--dtype", "bfloat16"], auth),
         "c": ("(c) transformers pipeline", [sys.executable, __file__, "--hf-app", model_dir],
               {}),
     }

@@ -36,9 +36,9 @@ def env(tmp_path_factory):
     """Two servers sharing one SQLite file.
 
     A: two models ("tiny" by alias, "short" by directory name, 32 positions), batches of
-    up to 4, anonymous calls open. B: no anonymous calls, 2 KB bodies, inputs up to 32
-    tokens, a batch of 4 that waits up to 3 s to fill, at most 2 rows waiting, 1 s timeout
-    (queue full and timeouts happen on purpose).
+    up to 2 (few shapes to compile), anonymous calls open. B: no anonymous calls, 2 KB
+    bodies, inputs up to 32 tokens, a batch of 4 that waits up to 3 s to fill, at most 2
+    rows waiting, 1 s timeout (queue full and timeouts happen on purpose).
     """
     root = tmp_path_factory.mktemp("serve")
     tiny = tiny_model(root / "tiny-model")
@@ -50,7 +50,7 @@ def env(tmp_path_factory):
                           "--rate-limit", "3").stdout.strip()
     cache = ["--cache-dir", str(jax_cache_dir(tmp_path_factory))]
     a = Server(["--model", f"tiny={tiny}", "--model", str(short), "--db", db,
-                "--price-per-second", str(PRICE), "--max-batch-size", "4",
+                "--price-per-second", str(PRICE), "--max-batch-size", "2",
                 "--length-buckets", "32", "--allow-anonymous", *cache], root, "a")
     b = None
     try:
@@ -451,6 +451,13 @@ def test_batcher_bounds_shapes_and_admission(env):
     batcher.submit([Row([1] * 8)] * 3)
     with pytest.raises(QueueFull):
         batcher.submit([Row([1] * 8)])
+
+    # The oldest row sets the length bucket; shorter rows join, longer ones go next, in order.
+    batcher = Batcher(fm.engine, name="t", max_batch_size=4, max_wait_s=0.0)
+    futures = batcher.submit([Row([1] * n) for n in (10, 30, 12, 20, 14)])
+    assert [len(i.row.ids) for i in batcher._next_batch()] == [10, 12, 14]
+    assert [len(i.row.ids) for i in batcher._next_batch()] == [30, 20]
+    assert batcher.queued == 0 and all(f.running() for f in futures)
 
 
 def test_a_bug_is_a_500_without_traceback(env, tmp_path, caplog):

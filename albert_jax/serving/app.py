@@ -121,6 +121,8 @@ class ServeMiddleware:
 
     def _done(self, ctx: RequestContext) -> None:
         ms = (time.perf_counter() - ctx.start) * 1000.0
+        if ctx.status == 0:  # The client went away before an answer (nginx's 499).
+            ctx.status, ctx.error_type = 499, ctx.error_type or "client_closed"
         if ctx.ledger:
             if ctx.status >= 400:
                 ctx.runtime_s = ctx.cost = 0.0  # Failed requests are recorded, not billed.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import string
 from typing import TYPE_CHECKING
 
@@ -17,10 +18,12 @@ if TYPE_CHECKING:
 
 STATIC_DIR = os.path.join(os.path.dirname(__file__), "static")
 EXAMPLE = "where is my [MASK]?"
+_SCRIPT_URL = re.compile(r'\b(href|src)="\s*(?:javascript|vbscript|data):[^"]*"', re.IGNORECASE)
 
 
 def render_card(markdown_text: str | None) -> str:
-    """The model card as HTML (Python-Markdown, with tables); raw HTML in it is escaped."""
+    """The model card as HTML (Python-Markdown, with tables); raw HTML in it is escaped and
+    script URLs are dropped, so a card cannot run code in the page."""
     if not markdown_text:
         return "<p>No model card.</p>"
     import markdown
@@ -28,7 +31,8 @@ def render_card(markdown_text: str | None) -> str:
     md = markdown.Markdown(extensions=["tables", "fenced_code"])
     md.preprocessors.deregister("html_block")  # Card HTML shows as text, never runs.
     md.inlinePatterns.deregister("html")
-    return md.convert(markdown_text)
+    # No script URLs in links or images either.
+    return _SCRIPT_URL.sub(r'\1="#"', md.convert(markdown_text))
 
 
 def _price(price: float) -> str:

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import sqlalchemy as sa
 
 from albert_jax.engine import Row
@@ -206,13 +207,14 @@ class Service:
             targets = [targets] if isinstance(targets, str) else list(targets)
             if not targets:
                 raise ValueError("targets is an empty list")
-            for t in targets:  # Each target must give a token: no silent drop.
+            ids = []
+            for t in targets:  # Each target must give a token: none is silently dropped.
                 try:
-                    fm.target_ids([t])
+                    ids.extend(fm.target_ids([t]).tolist())
                 except ValueError:
                     raise ValueError(f"unknown target {t!r}: it has no vocabulary "
                                      "piece") from None
-            target_ids = fm.target_ids(targets)
+            target_ids = np.asarray(sorted(set(ids)), dtype=np.int64)  # as FillMask does
         return prepared, target_ids
 
     async def fill_mask(self, name: str, texts: Sequence[str], top_k: int, targets,
@@ -241,7 +243,7 @@ class Service:
         left = self.options.request_timeout_s - (time.perf_counter() - ctx.start)
         try:
             results = await asyncio.wait_for(asyncio.gather(*waiting), max(left, 0.001))
-        except TimeoutError:
+        except asyncio.TimeoutError:  # Not the builtin before Python 3.11.
             raise ServiceError(504, "timeout", f"no answer within "
                                f"{self.options.request_timeout_s:g} s") from None
         fm = served.fill_mask

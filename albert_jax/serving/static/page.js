@@ -44,7 +44,6 @@
       results.appendChild(li);
     }
     const s = answer.inference_status;
-    runtime.id = "runtime";
     runtime.textContent = "Compute time: " + s.runtime_ms.toFixed(2) +
       " ms, " + s.tokens_input + " tokens, cost $" + s.cost.toPrecision(3);
   });
