@@ -114,7 +114,7 @@ def test_public_endpoints(env):
     assert httpx.get(a.url + "/docs").status_code == 200
     spec = httpx.get(a.url + "/openapi.json").json()
     assert {"/v1/inference/{model}", "/models/{model}", "/v1/models", "/v1/usage"} <= set(
-        spec["paths"])
+        spec["paths"])  # (FastAPI shows {model:path} as {model})
     page = httpx.get(a.url + "/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert "where is my [MASK]?" in page.text and "$0.002 / sec" in page.text
@@ -455,7 +455,9 @@ def test_batcher_bounds_shapes_and_admission(env):
     # The oldest row sets the length bucket; shorter rows join, longer ones go next, in order.
     batcher = Batcher(fm.engine, name="t", max_batch_size=4, max_wait_s=0.0)
     futures = batcher.submit([Row([1] * n) for n in (10, 30, 12, 20, 14)])
-    assert [len(i.row.ids) for i in batcher._next_batch()] == [10, 12, 14]
+    # 3 rows of bucket 16 fill batch bucket 2: the third leads the next batch.
+    assert [len(i.row.ids) for i in batcher._next_batch()] == [10, 12]
+    assert [len(i.row.ids) for i in batcher._next_batch()] == [14]
     assert [len(i.row.ids) for i in batcher._next_batch()] == [30, 20]
     assert batcher.queued == 0 and all(f.running() for f in futures)
 

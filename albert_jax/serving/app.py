@@ -69,8 +69,8 @@ class ServeMiddleware:
         path = scope["path"]
         ctx.ledger = scope["method"] == "POST" and (path.startswith("/v1/inference/")
                                                     or path.startswith("/models/"))
-        if ctx.ledger:
-            ctx.model = path.rsplit("/", 1)[-1]
+        if ctx.ledger:  # Hub names may hold a slash ("albert/albert-base-v2").
+            ctx.model = path.removeprefix("/v1/inference/").removeprefix("/models/")
         scope["albert_ctx"] = ctx
         started = False
         limit = service.options.max_body_bytes
@@ -169,7 +169,7 @@ def create_app(service: Service) -> FastAPI:
         return request.client.host if request.client else "unknown"
 
     # ------------------------------------------------------------------ inference
-    @app.post("/v1/inference/{model}", response_model=InferenceResponse, responses=_ERRORS,
+    @app.post("/v1/inference/{model:path}", response_model=InferenceResponse, responses=_ERRORS,
               summary="Fill the [MASK] of one input")
     async def inference(model: str, body: InferenceRequest, request: Request,
                         authorization: str | None = Header(None)) -> dict:
@@ -181,7 +181,7 @@ def create_app(service: Service) -> FastAPI:
                                      "runtime_ms": ctx.runtime_s * 1000.0, "cost": ctx.cost,
                                      "tokens_input": ctx.tokens}}
 
-    @app.post("/models/{model}", response_model=list[Prediction] | list[list[Prediction]],
+    @app.post("/models/{model:path}", response_model=list[Prediction] | list[list[Prediction]],
               responses=_ERRORS, summary="Hugging Face Inference API shape")
     async def hf_inference(model: str, body: HFRequest, request: Request,
                            authorization: str | None = Header(None)) -> list:
@@ -238,7 +238,7 @@ def create_app(service: Service) -> FastAPI:
     async def home() -> HTMLResponse:
         return HTMLResponse(page.render(service, service.default_model))
 
-    @app.get("/models/{model}", response_class=HTMLResponse, include_in_schema=False)
+    @app.get("/models/{model:path}", response_class=HTMLResponse, include_in_schema=False)
     async def model_page(model: str, request: Request) -> HTMLResponse:
         service.model(model, ctx_of(request))
         return HTMLResponse(page.render(service, model))
