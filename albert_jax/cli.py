@@ -365,6 +365,157 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# ============================================================================= serving
+# `serve`, `keys` and `usage`: parsers and handlers only; the work is in albert_jax.serving
+# (needs the `serve` extra). One block, so that it moves as a whole.
+_SERVE_EXTRA_HINT = "the server needs the serve extra: pip install 'albert_jax[serve]'"
+
+
+def _import_serving(module: str):
+    import importlib
+
+    try:
+        return importlib.import_module(f"albert_jax.serving.{module}")
+    except ImportError as e:
+        raise UserError(f"{_SERVE_EXTRA_HINT} ({e})") from None
+
+
+def _length_buckets(text: str) -> tuple[int, ...]:
+    try:
+        buckets = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of lengths: {text!r}") from None
+    if not buckets or buckets[0] < 3:
+        raise argparse.ArgumentTypeError(f"lengths must be at least 3: {text!r}")
+    return buckets
+
+
+def add_serve_command(sub) -> None:
+    sv = sub.add_parser(
+        "serve", help="the hosted fill-mask service: HTTP API, model page, keys, metering",
+        description="FastAPI on uvicorn. POST /v1/inference/{model}, POST /models/{model} "
+        "(Hugging Face shape), GET /v1/models, /v1/usage, /health, /ready, /metrics, /docs; "
+        "the model page at / and GET /models/{model}. SIGTERM drains and exits 0.")
+    sv.add_argument("--model", action="append", required=True, metavar="[ALIAS=]NAME_OR_DIR",
+                    help="a model to serve (repeatable); served as ALIAS, else its hub name, "
+                    "else its directory's name")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--db", default=None, help="SQLAlchemy URL of the keys and usage database "
+                    "(default: SQLite in the user data directory; postgresql+psycopg://... "
+                    "for replicas)")
+    sv.add_argument("--price-per-second", type=float, default=0.0005,
+                    help="price of a second of device time (default 0.0005)")
+    sv.add_argument("--max-batch-size", type=int, default=32, help="rows per batch (32)")
+    sv.add_argument("--max-batch-tokens", type=int, default=8192,
+                    help="padded tokens per batch (8192)")
+    sv.add_argument("--max-wait-ms", type=float, default=2.0,
+                    help="longest wait for more rows while a batch is not full (2)")
+    sv.add_argument("--max-queue", type=int, default=512,
+                    help="rows waiting per model before 429 (512)")
+    sv.add_argument("--max-body-bytes", type=int, default=1_000_000,
+                    help="largest request body before 413 (1000000)")
+    sv.add_argument("--request-timeout-s", type=float, default=30.0,
+                    help="time to answer before 504 (30)")
+    sv.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    sv.add_argument("--data", type=int, default=-1, help="data-parallel devices (default all)")
+    sv.add_argument("--tensor", type=int, default=1, help="tensor-parallel devices")
+    sv.add_argument("--cache-dir", help="persistent compilation cache directory")
+    sv.add_argument("--allow-anonymous", action="store_true",
+                    help="inference without a key too (rate-limited per client address)")
+    sv.add_argument("--length-buckets", type=_length_buckets, default=None,
+                    help="comma-separated sequence-length buckets to compile (default: the "
+                    "engine's)")
+    sv.add_argument("--max-length", type=int, default=None,
+                    help="longest input in tokens (default: the model's maximum)")
+    sv.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    server = _import_serving("server")
+    from albert_jax import hub
+    from albert_jax.config import ConfigError
+    from albert_jax.conversion import ConversionError
+
+    config = server.ServeConfig(
+        models=args.model, host=args.host, port=args.port, db=args.db,
+        price_per_second=args.price_per_second, max_batch_size=args.max_batch_size,
+        max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
+        request_timeout_s=args.request_timeout_s, dtype=args.dtype, data=args.data,
+        tensor=args.tensor, cache_dir=args.cache_dir, allow_anonymous=args.allow_anonymous,
+        length_buckets=args.length_buckets, max_length=args.max_length)
+    try:
+        return server.serve(config)
+    except (hub.ModelNotFoundError, ConversionError, ConfigError, FileNotFoundError,
+            ValueError) as e:
+        raise UserError(str(e)) from None
+    except (OSError, *_db_errors()) as e:  # The port is taken, the database unreachable...
+        raise UserError(f"cannot serve: {e}") from None
+
+
+def add_keys_command(sub) -> None:
+    ks = sub.add_parser("keys", help="API keys of the service: create, list, revoke",
+                        description="Keys are stored only as hashes; create prints the new "
+                        "key alone on stdout, once.")
+    ksub = ks.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    db_help = "SQLAlchemy URL (default: the server's default SQLite file)"
+    create = ksub.add_parser("create", help="a new key, printed once")
+    create.add_argument("--db", default=None, help=db_help)
+    create.add_argument("--name", required=True)
+    create.add_argument("--rate-limit", type=int, default=None,
+                        help="requests per minute (default: no limit)")
+    listing = ksub.add_parser("list", help="names, key prefixes, limits, status")
+    listing.add_argument("--db", default=None, help=db_help)
+    revoke = ksub.add_parser("revoke", help="revoke a key (its requests get 403)")
+    revoke.add_argument("--db", default=None, help=db_help)
+    revoke.add_argument("--name", required=True)
+    ks.set_defaults(func=cmd_keys)
+
+
+def _db_errors():
+    import sqlalchemy.exc
+
+    return (sqlalchemy.exc.SQLAlchemyError, ValueError)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    admin = _import_serving("admin")
+    from albert_jax.serving.db import KeyAdminError
+
+    try:
+        if args.keys_command == "create":
+            print(admin.create_key(args.db, args.name, args.rate_limit))
+        elif args.keys_command == "list":
+            print(admin.keys_table(args.db))
+        else:
+            admin.revoke_key(args.db, args.name)
+            print(f"{PROG}: revoked key {args.name!r}", file=sys.stderr)
+    except KeyAdminError as e:
+        raise UserError(str(e)) from None
+    except _db_errors() as e:
+        raise UserError(f"database {args.db or '(default)'}: {e}") from None
+    return 0
+
+
+def add_usage_command(sub) -> None:
+    us = sub.add_parser("usage", help="usage summary of the service: requests, tokens, cost",
+                        description="Per key, day and model, from the usage ledger.")
+    us.add_argument("--db", default=None,
+                    help="SQLAlchemy URL (default: the server's default SQLite file)")
+    us.add_argument("--name", default=None, help="one key's usage only")
+    us.add_argument("--json", action="store_true", help="a JSON list of rows")
+    us.set_defaults(func=cmd_usage)
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    admin = _import_serving("admin")
+    try:
+        print(admin.usage_report(args.db, args.name, args.json))
+    except _db_errors() as e:
+        raise UserError(f"database {args.db or '(default)'}: {e}") from None
+    return 0
 # ============================================================================ training
 def parse_config_args(argv: Sequence[str], example: str = "configs/pretrain/tiny.py"
                       ) -> tuple[Any, str]:
@@ -711,7 +862,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_fill_mask_command, add_score_command, add_convert_command,
                 add_pretrain_command, add_finetune_command, add_evaluate_command,
-                add_predict_command, add_export_command):
+                add_predict_command, add_export_command, add_serve_command, add_keys_command,
+                add_usage_command):
         add(sub)
     return parser
 
