@@ -284,21 +284,9 @@ def _short(value: Any, limit: int = 60) -> str:
 def read_hf_config(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON object of a ``config.json``; :class:`ConfigError` naming the file when it
     cannot be read, is not UTF-8, not JSON, or not an object."""
-    path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from None
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start})") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a JSON object, not a {type(data).__name__}")
-    return data
+    from albert_jax.errors import read_json_object
+
+    return read_json_object(path, ConfigError)
 
 
 def config_from_hf_file(

@@ -58,7 +58,7 @@ from flax import traverse_util
 from albert_jax import hub
 from albert_jax.atomic import atomic_directory
 from albert_jax.config import AlbertConfig, config_from_hf_file, read_hf_config
-from albert_jax.errors import ConversionError
+from albert_jax.errors import ConversionError, read_json_object
 from albert_jax.model import HEADS, model_for_head
 
 logger = logging.getLogger(__name__)
@@ -592,13 +592,7 @@ def read_files(files: hub.ModelFiles, **config_overrides: Any) -> Checkpoint:
 def _check_meta(path: str | None) -> dict[str, Any]:
     if path is None:
         raise ConversionError(f"no {hub.ALBERT_JAX_META}: not an albert_jax checkpoint")
-    try:
-        with open(path, encoding="utf-8") as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as e:  # ValueError: not UTF-8 or not JSON.
-        raise ConversionError(f"{path}: unreadable ({_first_line(e)})") from None
-    if not isinstance(meta, dict):
-        raise ConversionError(f"{path} must hold a JSON object, not a {type(meta).__name__}")
+    meta = read_json_object(path, ConversionError)
     if meta.get("format") != FORMAT_NAME:
         raise ConversionError(f"{path}: format is {meta.get('format')!r}, not {FORMAT_NAME!r}")
     if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:

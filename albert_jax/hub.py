@@ -453,18 +453,9 @@ def _shard_names(index_path: str) -> list[str]:
     the index is unreadable or malformed; a shard must be a plain file name in the index's
     own directory (never a path that reaches elsewhere).
     """
-    import json
+    from albert_jax.errors import ConversionError, read_json_object
 
-    from albert_jax.errors import ConversionError
-
-    try:
-        with open(index_path, "rb") as f:
-            index = json.loads(f.read().decode("utf-8"))
-    except OSError as e:
-        raise ConversionError(f"{index_path}: cannot read it ({e.strerror or e})") from None
-    except ValueError as e:  # Not UTF-8, or not JSON.
-        raise ConversionError(f"{index_path} is not valid JSON ({e})") from None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    weight_map = read_json_object(index_path, ConversionError).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ConversionError(
             f"{index_path}: no weight_map (an object mapping each tensor name to its shard "

@@ -66,54 +66,52 @@ _REMAT_POLICIES = {
 
 
 # ---------------------------------------------------------------------------- outputs
-@flax.struct.dataclass
-class AlbertOutput:
-    """last_hidden_state [B, S, H]; pooler_output [B, H] or None; hidden_states: tuple of
-    L + 1 arrays [B, S, H] (the first after ``embedding_hidden_mapping_in``); attentions:
-    tuple of L * inner_group_num arrays [B, heads, S, S]."""
+# Keyword-only, so that every output can put the shared optional fields in one base class.
+@flax.struct.dataclass(kw_only=True)
+class _WithInternals:
+    """hidden_states: tuple of L + 1 arrays [B, S, H] (the first after
+    ``embedding_hidden_mapping_in``); attentions: tuple of L * inner_group_num arrays
+    [B, heads, S, S]. Both None unless asked for."""
+
+    hidden_states: tuple[Array, ...] | None = None
+    attentions: tuple[Array, ...] | None = None
+
+
+def _internals(out: _WithInternals) -> dict[str, tuple[Array, ...] | None]:
+    """The backbone's hidden states and attention maps, passed on to a head's output."""
+    return {"hidden_states": out.hidden_states, "attentions": out.attentions}
+
+
+@flax.struct.dataclass(kw_only=True)
+class AlbertOutput(_WithInternals):
+    """last_hidden_state [B, S, H]; pooler_output [B, H] or None."""
 
     last_hidden_state: Array
     pooler_output: Array | None = None
-    hidden_states: tuple[Array, ...] | None = None
-    attentions: tuple[Array, ...] | None = None
 
 
-@flax.struct.dataclass
-class MaskedLMOutput:
-    """logits [B, S, V], or [B, P, V] when ``masked_positions`` [B, P] is given."""
+@flax.struct.dataclass(kw_only=True)
+class LogitsOutput(_WithInternals):
+    """logits: [B, S, V] (masked LM; [B, P, V] when ``masked_positions`` [B, P] is given),
+    [B, num_labels] (sequence), [B, S, num_labels] (token), [B, C] (multiple choice)."""
 
     logits: Array
-    hidden_states: tuple[Array, ...] | None = None
-    attentions: tuple[Array, ...] | None = None
 
 
-@flax.struct.dataclass
-class PreTrainingOutput:
+@flax.struct.dataclass(kw_only=True)
+class PreTrainingOutput(_WithInternals):
     """prediction_logits [B, S or P, V]; sop_logits [B, 2]."""
 
     prediction_logits: Array
     sop_logits: Array
-    hidden_states: tuple[Array, ...] | None = None
-    attentions: tuple[Array, ...] | None = None
 
 
-@flax.struct.dataclass
-class ClassifierOutput:
-    """logits: [B, num_labels] (sequence), [B, S, num_labels] (token), [B, C] (choice)."""
-
-    logits: Array
-    hidden_states: tuple[Array, ...] | None = None
-    attentions: tuple[Array, ...] | None = None
-
-
-@flax.struct.dataclass
-class QuestionAnsweringOutput:
+@flax.struct.dataclass(kw_only=True)
+class QuestionAnsweringOutput(_WithInternals):
     """start_logits, end_logits: [B, S]."""
 
     start_logits: Array
     end_logits: Array
-    hidden_states: tuple[Array, ...] | None = None
-    attentions: tuple[Array, ...] | None = None
 
 
 # ---------------------------------------------------------------------------- building blocks
@@ -307,9 +305,8 @@ class AlbertLayer(nn.Module):
     output_attentions: bool = False
 
     @nn.compact
-    def __call__(
-        self, x: Array, mask_bias: Array, deterministic: bool
-    ) -> tuple[Array, Array]:
+    def __call__(self, x: Array, mask_bias: Array, deterministic: bool) -> tuple[Array, Array]:
+        """x [B, S, H], mask_bias [B, 1, 1, S] -> ([B, S, H], maps [B, heads, S, S] or None)."""
         cfg = self.config
         attn_out, probs = AlbertAttention(cfg, self.output_attentions, name="attention")(
             x, mask_bias, deterministic)
@@ -438,19 +435,10 @@ class AlbertBackbone(nn.Module):
             )
 
     def __call__(
-        self,
-        input_ids: Array,
-        attention_mask: Array | None = None,
-        token_type_ids: Array | None = None,
-        *,
-        deterministic: bool = True,
-        output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        self, input_ids: Array, attention_mask: Array, token_type_ids: Array,
+        deterministic: bool, output_hidden_states: bool, output_attentions: bool,
     ) -> AlbertOutput:
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-        if token_type_ids is None:
-            token_type_ids = jnp.zeros_like(input_ids)
+        """input_ids, attention_mask, token_type_ids: [B, S] (the heads fill in defaults)."""
         embeddings = self.embeddings(input_ids, token_type_ids, deterministic)
         sequence, hidden, attn = self.encoder(
             embeddings, attention_mask_bias(attention_mask), deterministic,
@@ -534,15 +522,18 @@ class _Head(nn.Module):
         **head_inputs: Any,
     ) -> Any:
         shape = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
 
-        def flat(x: Array | None) -> Array | None:  # [..., S] -> [N, S]; a no-op for [B, S].
-            return None if x is None else x.reshape(-1, shape[-1])
+        def flat(x: Array) -> Array:  # [..., S] -> [N, S]; a no-op for [B, S].
+            return x.reshape(-1, shape[-1])
 
         backbone = AlbertBackbone(self.config, add_pooling_layer=self.uses_pooler, name="albert")
         out = backbone(
-            flat(input_ids), flat(attention_mask), flat(token_type_ids),
-            deterministic=deterministic, output_hidden_states=output_hidden_states,
-            output_attentions=output_attentions,
+            flat(input_ids), flat(attention_mask), flat(token_type_ids), deterministic,
+            output_hidden_states, output_attentions,
         )
         return self.head(backbone, out, deterministic, shape, **head_inputs)
 
@@ -575,7 +566,7 @@ class AlbertForMaskedLM(_Head):
 
     def head(self, backbone, out, deterministic, input_shape, masked_positions=None):
         logits = _mlm_logits(self.config, backbone, out.last_hidden_state, masked_positions)
-        return MaskedLMOutput(logits, out.hidden_states, out.attentions)
+        return LogitsOutput(logits=logits, **_internals(out))
 
 
 class AlbertForPreTraining(_Head):
@@ -585,7 +576,8 @@ class AlbertForPreTraining(_Head):
         logits = _mlm_logits(self.config, backbone, out.last_hidden_state, masked_positions)
         sop = _ClassifierHead(self.config, self.config.num_labels, name="sop_classifier")
         return PreTrainingOutput(
-            logits, sop(out.pooler_output, deterministic), out.hidden_states, out.attentions
+            prediction_logits=logits, sop_logits=sop(out.pooler_output, deterministic),
+            **_internals(out),
         )
 
 
@@ -612,7 +604,7 @@ class AlbertForSequenceClassification(_Head):
 
     def head(self, backbone, out, deterministic, input_shape):
         logits = _classify(self.config, self.config.num_labels, out.pooler_output, deterministic)
-        return ClassifierOutput(logits, out.hidden_states, out.attentions)
+        return LogitsOutput(logits=logits, **_internals(out))
 
 
 class AlbertForTokenClassification(_Head):
@@ -624,7 +616,7 @@ class AlbertForTokenClassification(_Head):
         logits = _classify(
             self.config, self.config.num_labels, out.last_hidden_state, deterministic
         )
-        return ClassifierOutput(logits, out.hidden_states, out.attentions)
+        return LogitsOutput(logits=logits, **_internals(out))
 
 
 class AlbertForQuestionAnswering(_Head):
@@ -637,7 +629,7 @@ class AlbertForQuestionAnswering(_Head):
             out.last_hidden_state
         ).astype(jnp.float32)
         return QuestionAnsweringOutput(
-            logits[..., 0], logits[..., 1], out.hidden_states, out.attentions
+            start_logits=logits[..., 0], end_logits=logits[..., 1], **_internals(out)
         )
 
 
@@ -652,8 +644,7 @@ class AlbertForMultipleChoice(_Head):
 
     def head(self, backbone, out, deterministic, input_shape):
         logits = _classify(self.config, 1, out.pooler_output, deterministic)
-        return ClassifierOutput(logits.reshape(input_shape[:-1]), out.hidden_states,
-                                out.attentions)
+        return LogitsOutput(logits=logits.reshape(input_shape[:-1]), **_internals(out))
 
 
 # Head names accepted by ``load_pretrained(..., head=...)``.

@@ -33,39 +33,26 @@ def _check_arguments(head: str, overrides: dict[str, Any]) -> None:
     """Fails on a bad head or config field before anything is downloaded or read."""
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r} (choose from {', '.join(HEADS)})")
-    unknown = sorted(set(overrides) - _CONFIG_FIELDS)
+    unknown = sorted(set(overrides) - _CONFIG_FIELDS - {"rng_seed"})
     if unknown:
         raise TypeError(f"unknown AlbertConfig fields: {', '.join(unknown)}")
 
 
 def load_model(
-    name_or_path: str | os.PathLike,
-    head: str = "masked_lm",
-    *,
-    dtype: str = "float32",
-    param_dtype: str = "float32",
-    scan_layers: bool = True,
-    remat: str = "none",
-    num_labels: int | None = None,
-    rng_seed: int = 0,
-    **config_overrides: Any,
+    name_or_path: str | os.PathLike, head: str = "masked_lm", **options: Any
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """(model, params) of a checkpoint, without the tokenizer.
-
-    See :func:`load_pretrained` for the arguments.
-    """
-    _check_arguments(head, config_overrides)
-    return _load(
-        hub.resolve_model_files(name_or_path), head, dtype=dtype, param_dtype=param_dtype,
-        scan_layers=scan_layers, remat=remat, num_labels=num_labels, rng_seed=rng_seed,
-        **config_overrides,
-    )
+    """(model, params) of a checkpoint, without the tokenizer; ``options`` are the keyword
+    arguments of :func:`load_pretrained`."""
+    _check_arguments(head, options)
+    return _load(hub.resolve_model_files(name_or_path), head, **options)
 
 
 def _load(
-    files: hub.ModelFiles, head: str, *, num_labels: int | None, rng_seed: int,
-    **overrides: Any,
+    files: hub.ModelFiles, head: str, *, dtype: str = "float32", param_dtype: str = "float32",
+    scan_layers: bool = True, remat: str = "none", num_labels: int | None = None,
+    rng_seed: int = 0, **overrides: Any,
 ) -> tuple[nn.Module, dict[str, Any]]:
+    overrides.update(dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers, remat=remat)
     if num_labels is not None:
         overrides["num_labels"] = num_labels
     ckpt = read_checkpoint(files, **overrides)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
-from albert_jax.errors import TokenizerError
+from albert_jax.errors import TokenizerError, read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -77,16 +77,7 @@ def _read_settings(directory: str) -> dict[str, Any]:
     config_file = os.path.join(directory, CONFIG_FILE_NAME)
     if not os.path.isfile(config_file):
         return {}
-    try:
-        with open(config_file, "rb") as f:
-            config = json.loads(f.read().decode("utf-8"))
-    except OSError as e:
-        raise TokenizerError(f"{config_file}: cannot read it ({e.strerror or e})") from None
-    except ValueError as e:  # Not UTF-8, or not JSON.
-        raise TokenizerError(f"{config_file} is not valid JSON ({e})") from None
-    if not isinstance(config, dict):
-        raise TokenizerError(f"{config_file} must hold a JSON object, not a "
-                             f"{type(config).__name__}")
+    config = read_json_object(config_file, TokenizerError)
     settings = {k: config[k] for k in _CONFIG_KEYS if config.get(k) is not None}
     for key, value in settings.items():
         if key == "model_max_length":

@@ -263,7 +263,7 @@ CASES = [
          2, "tokenizer_config.json: do_lower_case must be true or false, got 'no'"),
     Case("tokenizer_config.json: invalid UTF-8",
          model_then(lambda m: write(m / "tokenizer_config.json", b'{"a": "\xff"}')), 2,
-         "tokenizer_config.json is not valid JSON"),
+         "tokenizer_config.json is not UTF-8 text"),
 
     # model.safetensors.index.json
     Case("index: not JSON", lambda b: ["convert", str(shard(b, "{not json")), str(b.tmp / "out")],
@@ -299,7 +299,7 @@ CASES = [
          "params.safetensors: not a readable safetensors file", outputs=("out",)),
     Case("albert_jax.json: invalid UTF-8",
          model_then(lambda m: write(m / "albert_jax.json", b"\xff\xfe"), fmt="albert_jax"), 2,
-         "albert_jax.json: unreadable"),
+         "albert_jax.json is not UTF-8 text"),
     Case("pytorch_model.bin: hostile pickle", lambda b: fill_mask(hostile_bin(b)), 2,
          "not a safe checkpoint: it holds objects other than tensors"),
     Case("pytorch_model.bin: hostile pickle (convert)",
@@ -495,10 +495,13 @@ def test_fill_mask_input_path_on_random_bytes(tiny_fill_mask, data, mask, errors
 def test_every_load_path_checks_the_tokenizer_against_the_model(tiny_models, tmp_path):
     """load_pretrained, each task's from_pretrained and fine-tuning's model load refuse a
     tokenizer that does not fit, before any weight is read."""
-    from albert_jax import finetune
     from albert_jax.errors import TokenizerError
     from albert_jax.inference import Embedder, FillMask, PseudoLogLikelihood
     from albert_jax.pretrained import load_pretrained
+    from albert_jax.training import finetune
+    from albert_jax.training.run_config import finetune_config
+    from albert_jax.training.tasks import family_for
+    from albert_jax.training.tasks.base import FinetuneError
 
     model = Bench(tmp_path, tiny_models).model()
     edit_config(model, vocab_size=29999)
@@ -510,8 +513,8 @@ def test_every_load_path_checks_the_tokenizer_against_the_model(tiny_models, tmp
                  lambda: Embedder.from_pretrained(str(model))):
         with pytest.raises(TokenizerError, match=message):
             load()
-    config = finetune.base_config("sst2", learning_rate=1e-5, batch_size=8, steps=1, warmup=0,
-                                  max_seq_length=16)
+    config = finetune_config("sst2", learning_rate=1e-5, batch_size=8, steps=1, warmup=0,
+                             max_seq_length=16)
     config.init = str(model)
-    with pytest.raises(finetune.FinetuneError, match=message):
-        finetune.load_init(config, finetune.family_for(config))
+    with pytest.raises(FinetuneError, match=message):
+        finetune.load_init(config, family_for(config))
