@@ -26,7 +26,7 @@ albert_jax directory format (version 1)::
 The tree in ``params.safetensors`` is the union of whatever heads the source held (not one
 head's subset), so converting back to Hugging Face loses nothing.
 
-Loading for a head (:meth:`Checkpoint.params_for`) checks the checkpoint against that
+Loading for a head (:meth:`ModelWeights.params_for`) checks the checkpoint against that
 head's parameter tree and reports every missing, unexpected and mis-shaped key in one
 :class:`ConversionError`. Head weights that checkpoints legitimately lack (the SOP
 classifier, which no hub file carries; new task heads; the pooler, which
@@ -415,8 +415,9 @@ def _compact(names: Sequence[str]) -> str:
 
 # ---------------------------------------------------------------------------- checkpoints
 @dataclasses.dataclass
-class Checkpoint:
-    """A checkpoint read into memory: Flax-layout numpy arrays keyed by flat Flax path."""
+class ModelWeights:
+    """A model's weights read into memory from any checkpoint format: Flax-layout numpy
+    arrays keyed by flat Flax path, with the config and how the source named each key."""
 
     params: dict[str, np.ndarray]
     config: AlbertConfig
@@ -565,9 +566,9 @@ def _init_subset(
     return jax.jit(init)(rng)
 
 
-def read_files(files: hub.ModelFiles, **config_overrides: Any) -> Checkpoint:
+def read_files(files: hub.ModelFiles, **config_overrides: Any) -> ModelWeights:
     """Reads a Hugging Face or albert_jax checkpoint's files into memory (any source,
-    Google's TF checkpoints included: :func:`albert_jax.sources.read_checkpoint`).
+    Google's TF checkpoints included: :func:`albert_jax.sources.read_weights`).
 
     ``config_overrides`` set fields of the :class:`AlbertConfig` built from ``config.json``.
     """
@@ -580,10 +581,10 @@ def read_files(files: hub.ModelFiles, **config_overrides: Any) -> Checkpoint:
         params = {}
         for path in files.weights:
             params.update(_check_finite(_load_safetensors(path), path))
-        return Checkpoint(params, config, hf_config, files, {p: p for p in params}, set(), [])
+        return ModelWeights(params, config, hf_config, files, {p: p for p in params}, set(), [])
     state_dict = load_hf_state_dict(files.weights)
     mapped = _map_hf(state_dict, tie_word_embeddings=config.tie_word_embeddings)
-    return Checkpoint(
+    return ModelWeights(
         mapped.params, config, hf_config, files, mapped.source_names, mapped.transposed,
         mapped.problems,
     )
@@ -703,8 +704,8 @@ def check_destination(dest: str | os.PathLike, to: str, *, overwrite: bool = Fal
         raise FileExistsError(f"{dest_path} exists and is not empty (--overwrite to replace it)")
 
 
-def write_checkpoint(
-    ckpt: Checkpoint, dest: str | os.PathLike, to: str = "albert_jax", *, overwrite: bool = False
+def write_weights(
+    ckpt: ModelWeights, dest: str | os.PathLike, to: str = "albert_jax", *, overwrite: bool = False
 ) -> str:
     """Writes a checkpoint read into memory as ``to``: ``"albert_jax"`` (the format in this
     module's docstring) or ``"hf"`` (``config.json``, ``model.safetensors`` with Hugging Face
@@ -758,7 +759,7 @@ def save_albert_jax(
         for path, value in traverse_util.flatten_dict(tree, sep="/").items()
     }
     files = hub.ModelFiles(name=os.fspath(dest), config="", weights=(), format=FORMAT_NAME)
-    ckpt = Checkpoint(flat, config, {}, files, {p: p for p in flat}, set(), [])
+    ckpt = ModelWeights(flat, config, {}, files, {p: p for p in flat}, set(), [])
     ckpt.validate()
     heads = ckpt.heads()
     with atomic_directory(dest, overwrite=overwrite) as tmp:

@@ -60,8 +60,9 @@ def _as_texts(inputs: Any) -> tuple[bool, list]:
     return False, list(inputs)
 
 
-class _Task:
-    """Shared surface of the tasks: an :class:`Engine` over a model, and the tokenizer."""
+class _Pipeline:
+    """Shared surface of the inference pipelines (fill-mask, PLL, embeddings): an
+    :class:`Engine` over a model, and the tokenizer."""
 
     head = "masked_lm"
 
@@ -135,7 +136,7 @@ class _Prepared:
     mask_index: int
 
 
-class FillMask(_Task):
+class FillMask(_Pipeline):
     """Ranks completions of the single ``[MASK]`` in each text.
 
     ``fm(text, top_k=5, targets=None)`` returns transformers' fill-mask format: a list of
@@ -304,7 +305,7 @@ class PLLResult:
                 "token_logprobs": self.token_logprobs}
 
 
-class PseudoLogLikelihood(_Task):
+class PseudoLogLikelihood(_Pipeline):
     """Pseudo-log-likelihood scores (Salazar et al. 2020, "Masked Language Model Scoring").
 
     Every non-special token of a sentence is masked in turn; all the masked copies of all
@@ -390,7 +391,7 @@ class PseudoLogLikelihood(_Task):
 POOLINGS = ("pooled", "cls", "mean")
 
 
-class Embedder(_Task):
+class Embedder(_Pipeline):
     """Sentence embeddings: ``pooling="pooled"`` (the pooler output, tanh(W h_CLS + b)),
     ``"cls"`` (the [CLS] hidden state) or ``"mean"`` (mean of the last hidden states over
     the attended tokens, [CLS] and [SEP] included). ``emb(texts)`` -> [N, H] float32.

@@ -21,7 +21,7 @@ from albert_jax import hub
 from albert_jax.config import AlbertConfig, config_from_hf_file, read_hf_config
 from albert_jax.errors import TokenizerError
 from albert_jax.model import HEADS, model_for_head
-from albert_jax.sources import read_checkpoint
+from albert_jax.sources import read_weights
 
 if TYPE_CHECKING:
     from albert_jax.tokenizer import AlbertTokenizer
@@ -55,7 +55,7 @@ def _load(
     overrides.update(dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers, remat=remat)
     if num_labels is not None:
         overrides["num_labels"] = num_labels
-    ckpt = read_checkpoint(files, **overrides)
+    ckpt = read_weights(files, **overrides)
     model = model_for_head(head, ckpt.config)
     return model, ckpt.params_for(head, rng=jax.random.key(rng_seed))
 

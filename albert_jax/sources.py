@@ -13,9 +13,9 @@ from typing import Any
 from albert_jax import conversion, hub, tf_checkpoint
 
 
-def read_checkpoint(
+def read_weights(
     name_or_path: str | os.PathLike | hub.ModelFiles, **config_overrides: Any
-) -> conversion.Checkpoint:
+) -> conversion.ModelWeights:
     """Reads a hub name, a Hugging Face, albert_jax or Google TF checkpoint (a directory,
     a file, or files resolved by :mod:`albert_jax.hub`) into memory.
 
@@ -26,7 +26,7 @@ def read_checkpoint(
         else hub.resolve_model_files(name_or_path)
     )
     if files.format == "tf":
-        return tf_checkpoint.read_checkpoint(files, **config_overrides)
+        return tf_checkpoint.read_weights(files, **config_overrides)
     return conversion.read_files(files, **config_overrides)
 
 
@@ -39,11 +39,11 @@ def convert(
 ) -> str:
     """Converts a checkpoint; returns ``dest``.
 
-    ``src``: what :func:`read_checkpoint` reads (for a bare TF checkpoint prefix with its
+    ``src``: what :func:`read_weights` reads (for a bare TF checkpoint prefix with its
     config elsewhere: :func:`albert_jax.hub.resolve_tf_files`). ``to``: ``"albert_jax"`` or
-    ``"hf"`` (:func:`albert_jax.conversion.write_checkpoint`). ``dest`` is written
+    ``"hf"`` (:func:`albert_jax.conversion.write_weights`). ``dest`` is written
     atomically; an existing non-empty ``dest`` raises FileExistsError unless ``overwrite``
     (checked before ``src`` is read, which may be slow).
     """
     conversion.check_destination(dest, to, overwrite=overwrite)
-    return conversion.write_checkpoint(read_checkpoint(src), dest, to, overwrite=overwrite)
+    return conversion.write_weights(read_weights(src), dest, to, overwrite=overwrite)

@@ -65,7 +65,7 @@ import numpy as np
 
 from albert_jax import hub
 from albert_jax.config import AlbertConfig, ConfigError
-from albert_jax.conversion import Checkpoint, ConversionError, MissingDependencyError
+from albert_jax.conversion import ConversionError, MissingDependencyError, ModelWeights
 
 logger = logging.getLogger(__name__)
 
@@ -256,8 +256,8 @@ def read_variables(prefix: str) -> tuple[dict[str, np.ndarray], set[str]]:
     return variables, skipped
 
 
-class TFCheckpoint(Checkpoint):
-    """A :class:`albert_jax.conversion.Checkpoint` whose keys are reported by their Google
+class TFModelWeights(ModelWeights):
+    """A :class:`albert_jax.conversion.ModelWeights` whose keys are reported by their Google
     variable names (shapes as the checkpoint stores them)."""
 
     def display_name(self, path: str) -> str:
@@ -286,7 +286,7 @@ def _reshape_attention(path: str, value: np.ndarray, expected: tuple[int, ...] |
     return value
 
 
-def read_checkpoint(files: hub.ModelFiles, **config_overrides: Any) -> TFCheckpoint:
+def read_weights(files: hub.ModelFiles, **config_overrides: Any) -> TFModelWeights:
     """Reads a Google checkpoint (:func:`albert_jax.hub.resolve_tf_files`) into a checkpoint
     in albert_jax layout; ``config_overrides`` set :class:`AlbertConfig` fields.
 
@@ -355,4 +355,4 @@ def read_checkpoint(files: hub.ModelFiles, **config_overrides: Any) -> TFCheckpo
         source_names[mapping + "kernel"] = source_names[mapping + "bias"] = (
             "(identity: embedding_size == hidden_size)"
         )
-    return TFCheckpoint(params, config, hf_config, files, source_names, transposed, problems)
+    return TFModelWeights(params, config, hf_config, files, source_names, transposed, problems)

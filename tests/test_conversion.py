@@ -1,4 +1,4 @@
-"""Checkpoint conversion and loading against checkpoints written by transformers."""
+"""ModelWeights conversion and loading against checkpoints written by transformers."""
 
 from __future__ import annotations
 

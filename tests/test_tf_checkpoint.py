@@ -24,7 +24,7 @@ transformers = pytest.importorskip("transformers")
 from albert_jax import cli, conversion, hub, tf_checkpoint  # noqa: E402
 from albert_jax.conversion import ConversionError  # noqa: E402
 from albert_jax.pretrained import load_model, load_pretrained  # noqa: E402
-from albert_jax.sources import convert, read_checkpoint  # noqa: E402
+from albert_jax.sources import convert, read_weights  # noqa: E402
 
 # The real 30k-clean.model (shipped with albert-mini): ids below are real pieces.
 SPIECE = Path(hub.PACKAGED_MODELS_DIR) / "albert-mini" / "spiece.model"
@@ -95,7 +95,7 @@ def google_variables(cfg: dict, seed: int = 0, *, mapping: bool = True
     return out
 
 
-def write_checkpoint(directory: Path, variables: dict[str, np.ndarray], *,
+def write_weights(directory: Path, variables: dict[str, np.ndarray], *,
                      config: dict | None = None, spiece: bool = True,
                      step: int | None = 125000, slots: bool = True,
                      basename: str = "model.ckpt") -> Path:
@@ -130,7 +130,7 @@ def oracle(directory: Path, variables: dict[str, np.ndarray], hf_config: dict
     LAMB's lamb_m zeros over the weights they belong to (its "no attribute" skip only
     leaves the inner loop), the failure users report on their own checkpoints.
     """
-    prefix = write_checkpoint(directory, variables, spiece=False, slots=False)
+    prefix = write_weights(directory, variables, spiece=False, slots=False)
     config = transformers.AlbertConfig(**hf_config)
     model = transformers.AlbertForPreTraining(config).eval()
     transformers.load_tf_weights_in_albert(model, config, str(prefix))
@@ -247,7 +247,7 @@ def test_logits_match_transformers_tf_loader(name, google, as_hf, tmp_path: Path
         for key in ("net_structure_type", "gap_size", "num_memory_blocks", "down_scale_factor"):
             hf_config.pop(key)
         variables = google_variables(google)
-        prefix = write_checkpoint(tmp_path / "ckpt", variables, spiece=False)
+        prefix = write_weights(tmp_path / "ckpt", variables, spiece=False)
         config_file = tmp_path / "hf_config.json"
         config_file.write_text(json.dumps(hf_config))
         files = hub.resolve_tf_files(prefix, config=config_file, spiece=SPIECE)
@@ -256,7 +256,7 @@ def test_logits_match_transformers_tf_loader(name, google, as_hf, tmp_path: Path
     else:  # A directory as released (albert_config.json, model.ckpt-*, 30k-clean.model).
         hf_config = tf_checkpoint.google_config_to_hf(google)
         variables = google_variables(google)
-        prefix = write_checkpoint(tmp_path / "ckpt", variables, config=google)
+        prefix = write_weights(tmp_path / "ckpt", variables, config=google)
         model, params, tokenizer = load_pretrained(tmp_path / "ckpt", head="pretraining")
     assert model.config.hidden_act == hf_config["hidden_act"]
     assert tokenizer.encode("Hello world")[0] == 2  # [CLS] from the 30k-clean.model.
@@ -279,7 +279,7 @@ def test_embedding_size_equal_to_hidden_size_has_no_projection(tmp_path: Path) -
     projection computes the same as transformers given that identity explicitly."""
     google = {**GOOGLE, "embedding_size": 16}
     variables = google_variables(google, mapping=False)
-    write_checkpoint(tmp_path / "ckpt", variables, config=google)
+    write_weights(tmp_path / "ckpt", variables, config=google)
     variables["bert/encoder/embedding_hidden_mapping_in/kernel"] = np.eye(16, dtype=np.float32)
     variables["bert/encoder/embedding_hidden_mapping_in/bias"] = np.zeros(16, np.float32)
     model, params = load_model(tmp_path / "ckpt", head="pretraining")
@@ -292,7 +292,7 @@ def test_three_dimensional_attention_kernels_are_reshaped(tmp_path: Path) -> Non
     """[hidden, heads, head_dim] q/k/v kernels ([heads, head_dim] biases) and a
     [heads, head_dim, hidden] output kernel: Google's run-time reshapes, stored."""
     variables = google_variables(GOOGLE)
-    write_checkpoint(tmp_path / "flat", variables, config=GOOGLE)
+    write_weights(tmp_path / "flat", variables, config=GOOGLE)
     scope = "bert/encoder/transformer/group_0/inner_group_0/attention_1"
     for part in ("query", "key", "value"):
         variables[f"{scope}/self/{part}/kernel"] = variables[f"{scope}/self/{part}/kernel"
@@ -301,15 +301,15 @@ def test_three_dimensional_attention_kernels_are_reshaped(tmp_path: Path) -> Non
                                                            ].reshape(2, 8)
     variables[f"{scope}/output/dense/kernel"] = variables[f"{scope}/output/dense/kernel"
                                                           ].reshape(2, 8, 16)
-    write_checkpoint(tmp_path / "3d", variables, config=GOOGLE)
-    flat = read_checkpoint(tmp_path / "flat").params
-    reshaped = read_checkpoint(tmp_path / "3d").params
+    write_weights(tmp_path / "3d", variables, config=GOOGLE)
+    flat = read_weights(tmp_path / "flat").params
+    reshaped = read_weights(tmp_path / "3d").params
     assert flat.keys() == reshaped.keys()
     assert all(np.array_equal(flat[k], reshaped[k]) for k in flat)
 
 
 def test_pretraining_checkpoint_directory_converts_with_every_head(tmp_path: Path) -> None:
-    write_checkpoint(tmp_path / "ckpt", google_variables(GOOGLE), config=GOOGLE)
+    write_weights(tmp_path / "ckpt", google_variables(GOOGLE), config=GOOGLE)
     convert(tmp_path / "ckpt", tmp_path / "aj")
     meta = json.loads((tmp_path / "aj" / "albert_jax.json").read_text())
     assert "pretraining" in meta["heads"]
@@ -327,12 +327,12 @@ def test_fine_tuned_classifier_checkpoint(tmp_path: Path) -> None:
     variables["output_weights"] = (0.2 * np.random.default_rng(1).standard_normal((3, 16))
                                    ).astype(np.float32)
     variables["output_bias"] = np.array([0.1, -0.2, 0.3], np.float32)
-    write_checkpoint(tmp_path / "ckpt", variables, config=GOOGLE)
+    write_weights(tmp_path / "ckpt", variables, config=GOOGLE)
     model, params = load_model(tmp_path / "ckpt", head="sequence_classification")
     assert model.config.num_labels == 3
     logits = np.asarray(model.apply(params, IDS, MASK, TYPES).logits)
 
-    prefix = write_checkpoint(tmp_path / "oracle", variables, spiece=False, slots=False)
+    prefix = write_weights(tmp_path / "oracle", variables, spiece=False, slots=False)
     config = transformers.AlbertConfig(**tf_checkpoint.google_config_to_hf(GOOGLE),
                                        num_labels=3)
     reference = transformers.AlbertForSequenceClassification(config).eval()
@@ -348,18 +348,18 @@ def test_tf_hub_layout(tmp_path: Path) -> None:
     """TF-Hub exports: variables/variables.*, assets/albert_config.json, names under
     module/."""
     variables = google_variables(GOOGLE)
-    write_checkpoint(tmp_path / "hub" / "variables",
+    write_weights(tmp_path / "hub" / "variables",
                      {f"module/{k}": v for k, v in variables.items()}, spiece=False,
                      step=None, basename="variables")
     (tmp_path / "hub" / "variables" / "checkpoint").unlink()
     (tmp_path / "hub" / "assets").mkdir()
     (tmp_path / "hub" / "assets" / "albert_config.json").write_text(json.dumps(GOOGLE))
     shutil.copy(SPIECE, tmp_path / "hub" / "assets" / "30k-clean.model")
-    write_checkpoint(tmp_path / "plain", variables, config=GOOGLE)
+    write_weights(tmp_path / "plain", variables, config=GOOGLE)
     files = hub.resolve_model_files(tmp_path / "hub")
     assert files.format == "tf" and files.tokenizer.endswith("30k-clean.model")
-    from_hub = read_checkpoint(files).params
-    plain = read_checkpoint(tmp_path / "plain").params
+    from_hub = read_weights(files).params
+    plain = read_weights(tmp_path / "plain").params
     assert from_hub.keys() == plain.keys()
     assert all(np.array_equal(from_hub[k], plain[k]) for k in plain)
 
@@ -378,7 +378,7 @@ def test_missing_and_mis_shaped_variables_are_one_error(tmp_path: Path, capsys) 
     variables[ffn] = np.zeros((16, 33), np.float32)
     variables["cls/squad/output_weights"] = np.zeros((2, 16), np.float32)
     variables["cls/seq_relationship/output_weights"] = np.zeros((16, 2), np.float32)
-    write_checkpoint(tmp_path / "ckpt", variables, config=GOOGLE)
+    write_weights(tmp_path / "ckpt", variables, config=GOOGLE)
     with pytest.raises(ConversionError) as e:
         load_model(tmp_path / "ckpt", head="pretraining")
     message = str(e.value)
@@ -396,7 +396,7 @@ def test_missing_and_mis_shaped_variables_are_one_error(tmp_path: Path, capsys) 
 
 
 def test_config_that_disagrees_with_the_checkpoint(tmp_path: Path, capsys) -> None:
-    write_checkpoint(tmp_path / "ckpt", google_variables(GOOGLE),
+    write_weights(tmp_path / "ckpt", google_variables(GOOGLE),
                      config={**GOOGLE, "hidden_size": 32, "num_hidden_groups": 2})
     code, err = _cli(["convert", str(tmp_path / "ckpt"), str(tmp_path / "out")], capsys)
     assert code == 2 and len(err) == 1
@@ -409,7 +409,7 @@ def test_config_that_disagrees_with_the_checkpoint(tmp_path: Path, capsys) -> No
 
 def test_truncated_data_file_is_one_line(tmp_path: Path) -> None:
     """A fresh process, so that TensorFlow's start-up output would show: one line only."""
-    prefix = write_checkpoint(tmp_path / "ckpt", google_variables(GOOGLE), config=GOOGLE)
+    prefix = write_weights(tmp_path / "ckpt", google_variables(GOOGLE), config=GOOGLE)
     data = Path(f"{prefix}.data-00000-of-00001")
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     env = {k: v for k, v in os.environ.items()
@@ -425,7 +425,7 @@ def test_truncated_data_file_is_one_line(tmp_path: Path) -> None:
 
 
 def test_files_that_cannot_be_found(tmp_path: Path, capsys) -> None:
-    prefix = write_checkpoint(tmp_path / "ckpt", google_variables(GOOGLE), spiece=False)
+    prefix = write_weights(tmp_path / "ckpt", google_variables(GOOGLE), spiece=False)
     out = str(tmp_path / "out")
     code, err = _cli(["convert", "--from", "tf", str(prefix), out], capsys)
     assert code == 2 and len(err) == 1 and "no albert_config.json" in err[0]
@@ -435,7 +435,7 @@ def test_files_that_cannot_be_found(tmp_path: Path, capsys) -> None:
     code, err = _cli(["convert", "--from", "tf", str(tmp_path / "model.ckpt-9"), out], capsys)
     assert code == 2 and len(err) == 1 and "no model.ckpt-9.index" in err[0]
     # Two checkpoints and no `checkpoint` state file naming one: ask for the prefix.
-    write_checkpoint(tmp_path / "ckpt", google_variables(GOOGLE), step=7, config=GOOGLE,
+    write_weights(tmp_path / "ckpt", google_variables(GOOGLE), step=7, config=GOOGLE,
                      spiece=False)
     (tmp_path / "ckpt" / "checkpoint").unlink()
     code, err = _cli(["convert", "--from", "tf", str(tmp_path / "ckpt"), out], capsys)
@@ -447,7 +447,7 @@ def test_files_that_cannot_be_found(tmp_path: Path, capsys) -> None:
 
 
 def test_without_tensorflow_says_what_to_install(tmp_path: Path, monkeypatch, capsys) -> None:
-    write_checkpoint(tmp_path / "ckpt", google_variables(GOOGLE), config=GOOGLE)
+    write_weights(tmp_path / "ckpt", google_variables(GOOGLE), config=GOOGLE)
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` fails.
     code, err = _cli(["convert", str(tmp_path / "ckpt"), str(tmp_path / "out")], capsys)
     assert code == 2 and len(err) == 1
