@@ -275,7 +275,7 @@ ax.text(interrupted_at, ax.get_ylim()[1], f" checkpoint at step {interrupted_at}
         va="top", fontsize=8)
 ax.set_xlabel("step")
 ax.set_ylabel("training loss")
-ax.legend()
+ax.legend(loc="lower left")
 ax.set_title("resuming from a checkpoint continues the same curve")
 notebook.save_figure(fig, "03_resume")
 plt.show()
