@@ -290,7 +290,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from albert_jax.conversion import ConversionError, convert
 
     try:
-        dest = convert(args.src, args.dest, to=args.to, overwrite=args.overwrite)
+        src = args.src
+        if args.source_format == "tf":  # Google's TF checkpoints: albert_jax.tf_checkpoint.
+            from albert_jax import tf_checkpoint
+
+            src = tf_checkpoint.resolve_files(src, config=args.config, spiece=args.spiece)
+        elif args.config or args.spiece:
+            raise UserError("--config and --spiece are for --from tf")
+        dest = convert(src, args.dest, to=args.to, overwrite=args.overwrite)
     except (hub.ModelNotFoundError, ConversionError, ConfigError, FileNotFoundError,
             FileExistsError) as e:
         raise UserError(str(e)) from None
@@ -351,11 +358,18 @@ def build_parser() -> argparse.ArgumentParser:
     cv = sub.add_parser(
         "convert",
         help="convert a checkpoint to albert_jax (default) or Hugging Face format",
-        description="SRC is a hub name, a Hugging Face directory or an albert_jax directory.",
+        description="SRC is a hub name, a Hugging Face directory, an albert_jax directory, "
+        "or (--from tf) a Google TF checkpoint: its directory as released or a checkpoint "
+        "prefix with --config and --spiece.",
     )
     cv.add_argument("src", metavar="SRC")
     cv.add_argument("dest", metavar="DEST")
     cv.add_argument("--to", choices=("albert_jax", "hf"), default="albert_jax")
+    cv.add_argument("--from", dest="source_format", choices=("auto", "tf"), default="auto",
+                    help="tf: a Google TF checkpoint (default auto: detected)")
+    cv.add_argument("--config", help="--from tf: the albert_config.json (default: beside SRC)")
+    cv.add_argument("--spiece", help="--from tf: the SentencePiece model (default: "
+                    "30k-clean.model beside SRC)")
     cv.add_argument("--overwrite", action="store_true", help="replace an existing DEST")
     cv.set_defaults(func=cmd_convert)
 

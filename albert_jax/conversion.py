@@ -524,6 +524,10 @@ def read_checkpoint(
         name_or_path if isinstance(name_or_path, hub.ModelFiles)
         else hub.resolve_model_files(name_or_path)
     )
+    if files.format == "tf":  # Google's TF checkpoints: albert_jax.tf_checkpoint.
+        from albert_jax import tf_checkpoint
+
+        return tf_checkpoint.read_checkpoint(files, **config_overrides)
     try:
         with open(files.config, encoding="utf-8") as f:
             hf_config = json.load(f)
@@ -633,8 +637,10 @@ def _copy_tokenizer(files: hub.ModelFiles, directory: Path) -> None:
             files.name, hub.TOKENIZER_FILE,
         )
         return
+    # Named spiece.model in the result whatever the source calls it (30k-clean.model).
+    shutil.copyfile(files.tokenizer, directory / hub.TOKENIZER_FILE)
     source_dir = os.path.dirname(files.tokenizer)
-    for name in hub.TOKENIZER_FILES:
+    for name in hub.TOKENIZER_FILES[1:]:
         path = os.path.join(source_dir, name)
         if os.path.isfile(path):
             shutil.copyfile(path, directory / name)
@@ -684,7 +690,7 @@ def _dtype_name(params: Mapping[str, np.ndarray]) -> str | None:
 
 
 def convert(
-    src: str | os.PathLike,
+    src: str | os.PathLike | hub.ModelFiles,
     dest: str | os.PathLike,
     to: str = "albert_jax",
     *,
@@ -692,7 +698,8 @@ def convert(
 ) -> str:
     """Converts a checkpoint; returns ``dest``.
 
-    ``src``: a hub name, a Hugging Face directory or an albert_jax directory. ``to``:
+    ``src``: a hub name, a Hugging Face, albert_jax or Google TF checkpoint directory (or
+    resolved files, e.g. :func:`albert_jax.tf_checkpoint.resolve_files`). ``to``:
     ``"albert_jax"`` (the format in this module's docstring) or ``"hf"`` (``config.json``,
     ``model.safetensors`` with Hugging Face names and PyTorch layout, tokenizer files), which
     ``transformers`` loads with its ``from_pretrained``. Every tensor is kept, in its dtype.

@@ -315,6 +315,10 @@ def resolve_model_files(name_or_path: str | os.PathLike) -> ModelFiles:
     """
     name = os.fspath(name_or_path)
     name = packaged_model_dir(name) or name
+    from albert_jax import tf_checkpoint  # Google's TF checkpoints (format "tf").
+
+    if tf_checkpoint.is_tf_checkpoint(name):
+        return tf_checkpoint.resolve_files(name)
     if os.path.exists(name):
         return _local_files(name)
 

@@ -86,6 +86,8 @@ def _tokenizer(files: hub.ModelFiles) -> AlbertTokenizer:
             f"{files.name}: the checkpoint has no {hub.TOKENIZER_FILE} (the tokenizer); put "
             "one in its directory, or use load_model() for the weights alone"
         )
+    if files.format == "tf":  # Google's 30k-clean.model, with no tokenizer_config.json.
+        return AlbertTokenizer.from_pretrained(files.tokenizer)
     return AlbertTokenizer.from_pretrained(os.path.dirname(files.tokenizer))
 
 
