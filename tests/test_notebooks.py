@@ -183,3 +183,35 @@ def test_05_inside_albert(tmp_path):
     for kind in ("scan", "unrolled"):
         assert len(numbers["compile_seconds"][kind]) == len(numbers["depths"])
         assert all(s > 0 for s in numbers["compile_seconds"][kind])
+
+
+# ---------------------------------------------------------------------------- the helpers
+def test_choose_model_says_which_and_why(monkeypatch, tmp_path, capsys):
+    from albert_jax import notebook
+
+    monkeypatch.delenv("ALBERT_JAX_MODEL", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert notebook.choose_model(smoke_mode=False) == "albert-mini"
+    assert "albert-base-v2 is not cached" in capsys.readouterr().out
+    assert notebook.choose_model(smoke_mode=True) == "albert-mini"
+    assert "smoke mode" in capsys.readouterr().out
+    monkeypatch.setenv("ALBERT_JAX_MODEL", "/some/model")
+    assert notebook.choose_model(smoke_mode=True) == "/some/model"
+
+
+def test_figures_record_and_workdir(monkeypatch, tmp_path):
+    from albert_jax import notebook
+
+    monkeypatch.setenv("ALBERT_JAX_FIGURES", str(tmp_path / "fig"))
+    notebook.record("nb", a=1)
+    notebook.record("nb", b=[2.5])
+    assert json.loads((tmp_path / "fig" / "nb.json").read_text()) == {"a": 1, "b": [2.5]}
+    monkeypatch.setenv("ALBERT_JAX_WORKDIR", str(tmp_path / "work"))
+    first = notebook.workdir("run")
+    (first / "stale").write_text("x")
+    assert notebook.workdir("run") == first and not (first / "stale").exists()
+    monkeypatch.setenv("ALBERT_JAX_DATA", str(tmp_path / "data"))
+    assert notebook.local_data_dir() == (tmp_path / "data").resolve()
+    assert notebook.sst2_dir() is None  # no SST-2 there: the notebooks use TFDS
+    assert notebook.spiece_model().is_file()
