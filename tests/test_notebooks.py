@@ -162,9 +162,12 @@ def test_04_sharding(tmp_path):
     _assert_pngs(figures, ["04_parameter_blocks"])
     assert numbers["num_devices"] == 8
     assert len(numbers["logits_max_diff"]) == 3
-    # The same logits on 1 and on 8 devices (data-, mixed- and tensor-parallel meshes).
+    # The same logits on 1 and on 8 devices (data-, mixed- and tensor-parallel meshes):
+    # within 1e-5 relative to the logits' size (float32 sums in another order), and the
+    # probabilities within 1e-5.
     for mesh, diff in numbers["logits_max_diff"].items():
-        assert diff <= 1e-5, (mesh, diff)
+        assert diff <= 1e-5 * numbers["logits_abs_max"], (mesh, diff)
+        assert numbers["probs_max_diff"][mesh] <= 1e-5, mesh
     assert abs(numbers["loss_1_device"] - numbers["loss_8_devices"]) <= 1e-5
     assert numbers["grad_max_diff"] <= 1e-5
     assert numbers["ffn_spec_after_step"] == ["fsdp", "tensor"]
