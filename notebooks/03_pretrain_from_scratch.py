@@ -155,13 +155,17 @@ notebook.save_figure(fig, "03_masked_example")
 plt.show()
 
 # %% [markdown]
-# ## 2. The run
+# ## 2. The runs
 #
 # The command below is what you would type in a shell (`albert-jax pretrain ...`). The
-# corpus is prepared once by a tensorflow-datasets builder into array_record files (here
-# in a directory both runs share), read without TensorFlow. Metrics go to
-# `WORKDIR/metrics.jsonl` every `log_every` steps; `eval_*` metrics on the held-out book
-# every `eval_every` steps.
+# corpus is prepared by a tensorflow-datasets builder into array_record files in the work
+# directory, read without TensorFlow. Metrics go to `WORKDIR/metrics.jsonl` every
+# `log_every` steps; `eval_*` metrics on the held-out book every `eval_every` steps.
+#
+# The same command starts twice, side by side, in two work directories. The first runs to
+# the end. The second is stopped part-way with SIGTERM, what a preempted cloud VM or a
+# Colab "interrupt" sends: the trainer finishes the step it is in, writes an orbax
+# checkpoint (parameters, optimiser state, step, RNG, data position) and exits (section 3).
 
 # %%
 def pretrain_command(workdir):
@@ -169,7 +173,6 @@ def pretrain_command(workdir):
         "num_train_steps": STEPS, "log_every": LOG_EVERY, "eval_every": EVAL_EVERY,
         "checkpoint_every": STEPS, "mesh.data": 1,
         "data.corpus_dir": corpus, "data.spiece_model": notebook.spiece_model(),
-        "data.tfds_data_dir": WORKDIR / "tfds",
     }
     return [sys.executable, "-m", "albert_jax.cli", "pretrain",
             "--config", str(notebook.configs_dir() / "pretrain" / "tiny.py"),
@@ -183,13 +186,24 @@ def read_metrics(workdir):
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-full_dir = WORKDIR / "uninterrupted"
+full_dir, resumed_dir = WORKDIR / "uninterrupted", WORKDIR / "interrupted"
 print("albert-jax " + " ".join(pretrain_command(full_dir)[3:]))
 start = time.perf_counter()
-run = subprocess.run(pretrain_command(full_dir), capture_output=True, text=True)
-if run.returncode != 0:
-    raise RuntimeError(run.stderr)
-print(f"{STEPS} steps in {time.perf_counter() - start:.0f} s (start-up and corpus "
+logs = {d: open(WORKDIR / f"{d.name}.log", "w") for d in (full_dir, resumed_dir)}  # stderr
+runs = {d: subprocess.Popen(pretrain_command(d), stdout=subprocess.DEVNULL, stderr=logs[d])
+        for d in (full_dir, resumed_dir)}
+signalled = False
+while runs[full_dir].poll() is None or runs[resumed_dir].poll() is None:
+    logged = read_metrics(resumed_dir)
+    if not signalled and logged and logged[-1]["step"] >= STOP_AFTER:
+        runs[resumed_dir].send_signal(signal.SIGTERM)
+        signalled = True
+    time.sleep(0.05)
+for d, proc in runs.items():
+    logs[d].close()
+    if proc.returncode != 0:
+        raise RuntimeError((WORKDIR / f"{d.name}.log").read_text())
+print(f"both runs done in {time.perf_counter() - start:.0f} s (start-up and corpus "
       "preparation included)")
 full = read_metrics(full_dir)
 
@@ -224,26 +238,12 @@ print(f"loss {full[0]['loss']:.3f} at step {full[0]['step']} -> {full[-1]['loss'
 # %% [markdown]
 # ## 3. Interrupted, then resumed
 #
-# A second run with the same command, in another work directory, is stopped part-way with
-# SIGTERM: what a preempted cloud VM or a Colab "interrupt" sends. The trainer finishes the
-# step it is in, writes an orbax checkpoint (parameters, optimiser state, step, RNG, data
-# position) and exits. Running the same command again restores that checkpoint, drops any
-# metrics logged after it, and carries on. The resumed curve lies on the uninterrupted one.
+# The second run stopped on the signal with a checkpoint. Running the same command again
+# restores that checkpoint, drops any metrics logged after it, and carries on. The resumed
+# curve lies on the uninterrupted one.
 
 # %%
-resumed_dir = WORKDIR / "interrupted"
-log_path = WORKDIR / "interrupted.log"  # the child's stderr (progress bar, notices)
-with open(log_path, "w") as log:
-    proc = subprocess.Popen(pretrain_command(resumed_dir), stdout=subprocess.DEVNULL,
-                            stderr=log)
-    while proc.poll() is None:
-        logged = read_metrics(resumed_dir)
-        if logged and logged[-1]["step"] >= STOP_AFTER:
-            proc.send_signal(signal.SIGTERM)
-            break
-        time.sleep(0.05)
-    proc.wait()
-stderr = log_path.read_text()
+stderr = (WORKDIR / f"{resumed_dir.name}.log").read_text()
 stopped = [line for line in stderr.splitlines() if "stopping at step" in line]
 print(stopped[-1] if stopped else stderr[-2000:])
 interrupted_at = int(re.search(r"stopping at step (\d+)", stopped[-1]).group(1))
