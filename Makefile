@@ -1,31 +1,38 @@
-# Set-up and the everyday commands. Everything installs into .venv on first use.
+# Set-up and the everyday commands. Everything installs into .venv on first use: the
+# package alone for the main job, plus the test extra for the tests.
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 TEXT ?= where is my [MASK]?
 
-.PHONY: install test lint fill-mask bench clean
+.PHONY: install install-test test lint fill-mask bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(BIN)/.installed-test: $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
 install: $(BIN)/.installed
 
+install-test: $(BIN)/.installed-test
+
 # The test command CI runs (.ci/run): lint, then the suite (slow tests deselected).
-test: install
+test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check .
 
 fill-mask: install
 	$(BIN)/albert-jax fill-mask "$(TEXT)"
 
-bench: install
+bench: install-test
 	$(BIN)/python benchmarks/bench_mlm_forward.py
 
 clean:

@@ -1,7 +1,13 @@
-"""The ``albert-jax`` command line: ``fill-mask``, ``score`` and ``convert``.
+"""The ``albert-jax`` command line: every subcommand's arguments and its one-line errors.
 
-User mistakes (bad input, missing model, unreadable checkpoint) end in one line on stderr,
-``albert-jax: error: ...``, and exit status 2; no traceback.
+Inference: ``fill-mask``, ``score``, ``convert``. Training: ``pretrain``, ``finetune``,
+``evaluate``, ``predict``, ``export``. Each subcommand is one ``add_<name>_command``
+function (its parser) and one ``cmd_<name>`` function (its handler, which calls the
+library). The training commands take an ``ml_collections`` config file and
+``--config.key=value`` overrides; ``albert-jax pretrain --help`` lists every key.
+
+User mistakes (bad input, missing model, unreadable checkpoint, bad config) end in one line
+on stderr, ``albert-jax COMMAND: error: ...``, and exit status 2; no traceback.
 
 ``score`` (batch scoring of a file, one text per line) has its own bad-line policy: a line
 that cannot be processed does not stop the run. Such a line is
@@ -23,16 +29,20 @@ so a failed or interrupted run leaves nothing half-written.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
 import os
 import sys
-import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
+
+from albert_jax import compile_cache
+from albert_jax.atomic import atomic_file, check_target
 
 PROG = "albert-jax"
 DEFAULT_MODEL = "albert-base-v2"
@@ -44,9 +54,22 @@ class UserError(Exception):
     """A problem with what the user asked for; printed as one line, exit status 2."""
 
 
-def _error(message: str) -> None:
+def _one_line(message: object) -> str:
     # One line whatever the message holds: newlines would break log parsers.
-    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return " ".join(str(message).split())
+
+
+def _error(message: str, command: str | None = None) -> None:
+    prog = f"{PROG} {command}" if command else PROG
+    print(f"{prog}: error: {_one_line(message)}", file=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as one line (no usage dump)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {_one_line(message)}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def _format_score(score: float) -> str:
@@ -72,6 +95,15 @@ def default_model() -> str:
     return FALLBACK_MODEL
 
 
+def _compile_cache(args: argparse.Namespace) -> None:
+    from albert_jax.compile_cache import CacheDirError, enable_from_args
+
+    try:
+        enable_from_args(args)
+    except CacheDirError as e:
+        raise UserError(str(e)) from None
+
+
 def _load_fill_mask(model: str):
     from albert_jax import hub
     from albert_jax.config import ConfigError
@@ -93,6 +125,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     targets = [t for t in args.targets.split(",") if t] if args.targets is not None else None
     if targets is not None and not targets:
         raise UserError("--targets is empty")
+    _compile_cache(args)
     fm = _load_fill_mask(args.model or default_model())
     try:
         target_ids = None if targets is None else fm.target_ids(targets)
@@ -106,8 +139,8 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
         except ValueError as e:
             errors[i] = str(e)
     valid = sorted(prepared)
-    probs = fm.probabilities([prepared[i] for i in valid]) if valid else None
-    row = {i: r for r, i in enumerate(valid)}
+    fm.plan(prepared[i] for i in valid)  # The workload is known: fewest shapes to compile.
+    best = fm.stream_top_k((prepared[i] for i in valid), args.top_k, target_ids)
     for i, text in enumerate(texts):
         if i in errors:
             sys.stdout.flush()
@@ -115,7 +148,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"input": text, "error": errors[i]}))
             continue
-        results = fm.format(prepared[i], probs[row[i]], args.top_k, target_ids)
+        results = fm.format_top_k(prepared[i], *next(best))
         if args.json:
             print(json.dumps({"input": text, "predictions": results}, ensure_ascii=False))
         else:
@@ -150,32 +183,7 @@ def _read_lines(path: str) -> list[tuple[str, bool]]:
     return out
 
 
-class _AtomicWriter:
-    """A temporary file beside ``path``, renamed onto it by ``commit()``; removed otherwise."""
-
-    def __init__(self, path: str, binary: bool = False) -> None:
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            raise UserError(f"cannot write {path}: no directory {directory}")
-        fd, self.tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                                        suffix=".tmp")
-        self.path = path
-        self.file = os.fdopen(fd, "wb" if binary else "w", encoding=None if binary else "utf-8")
-
-    def commit(self) -> None:
-        self.file.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp creates 0600: give the usual mode.
-        os.replace(self.tmp, self.path)
-
-    def discard(self) -> None:
-        self.file.close()
-        if os.path.exists(self.tmp):
-            os.unlink(self.tmp)
-
-
-def _load_task(args: argparse.Namespace):
+def _load_task(args: argparse.Namespace, devices: Any = None):
     from albert_jax import hub
     from albert_jax.config import ConfigError
     from albert_jax.conversion import ConversionError
@@ -183,8 +191,8 @@ def _load_task(args: argparse.Namespace):
 
     cls = {"fill-mask": FillMask, "pll": PseudoLogLikelihood, "embed": Embedder}[args.task]
     kwargs = dict(batch_size=args.batch_size, max_length=args.max_length, data=args.data,
-                  fsdp=args.fsdp, tensor=args.tensor, cache_dir=args.cache_dir,
-                  dtype=args.dtype)
+                  fsdp=args.fsdp, tensor=args.tensor, dtype=args.dtype,
+                  max_batch_tokens=args.max_batch_tokens, devices=devices)
     if args.task == "pll":
         kwargs["word_l2r"] = args.word_l2r
     if args.task == "embed":
@@ -198,22 +206,60 @@ def _load_task(args: argparse.Namespace):
         raise UserError(str(e)) from None
 
 
-def _score_records(task, args, lines) -> Iterator[tuple[int, dict, Any]]:
-    """(line index, record, embedding or None) per input line, in input order."""
+def _prepare_lines(task, lines, indices) -> tuple[dict[int, Any], dict[int, str]]:
+    """(prepared input, error message) by line index, for the lines at ``indices``."""
     prepared: dict[int, Any] = {}
     errors: dict[int, str] = {}
-    for i, (text, _) in enumerate(lines):
+    for i in indices:
+        text = lines[i][0]
         try:
             if not text.strip():
                 raise ValueError("empty line")
             prepared[i] = task.prepare(text)
         except ValueError as e:
             errors[i] = str(e).removeprefix("input ")
+    return prepared, errors
+
+
+def _exchange_prepared(task, args, lines) -> tuple[dict[int, Any], dict[int, str]]:
+    """--distributed: each process prepares its share of the lines; all get all."""
+    from albert_jax import multihost
+    from albert_jax.inference import _Prepared
+
+    prepared, errors = _prepare_lines(task, lines, multihost.share(len(lines)))
+    fill = args.task == "fill-mask"
+    mine = {"prepared": {i: [p.ids, p.mask_index] if fill else p for i, p in prepared.items()},
+            "errors": errors}
+    everyone = [json.loads(b) for b in multihost.gather_bytes(json.dumps(mine).encode())]
+    prepared, errors = {}, {}
+    for part in everyone:
+        for i, p in part["prepared"].items():
+            prepared[int(i)] = _Prepared(ids=p[0], mask_index=p[1]) if fill else p
+        errors.update({int(i): e for i, e in part["errors"].items()})
+    return prepared, errors
+
+
+class _NoWriter(contextlib.nullcontext):
+    """Stands in for :func:`albert_jax.atomic.atomic_file` on the processes that do not
+    write: a context yielding a file that drops what is written."""
+
+    def __init__(self) -> None:
+        super().__init__(io.StringIO())
+
+
+def _score_records(task, args, lines, progress=None,
+                   prepared_errors=None) -> Iterator[tuple[int, dict, Any]]:
+    """(line index, record, embedding or None) per input line, in input order."""
+    prepared, errors = prepared_errors or _prepare_lines(task, lines, range(len(lines)))
     valid = [i for i in range(len(lines)) if i in prepared]
+    task.plan(prepared[i] for i in valid)  # The workload is known: fewest shapes to compile.
+    if progress is not None and errors:
+        progress(len(errors))
     if args.task == "fill-mask":
-        results = task.stream_probabilities(prepared[i] for i in valid)
+        results = task.stream_top_k((prepared[i] for i in valid), args.top_k,
+                                    progress=progress)
     else:
-        results = task.stream(prepared[i] for i in valid)
+        results = task.stream((prepared[i] for i in valid), progress=progress)
     for i, (text, bad_utf8) in enumerate(lines):
         record: dict[str, Any] = {"line": i + 1}
         vector = None
@@ -225,7 +271,7 @@ def _score_records(task, args, lines) -> Iterator[tuple[int, dict, Any]]:
             record["num_tokens"] = (len(prepared[i].ids) if args.task == "fill-mask"
                                     else len(prepared[i]))
             if args.task == "fill-mask":
-                record["predictions"] = task.format(prepared[i], out, args.top_k, None)
+                record["predictions"] = task.format_top_k(prepared[i], *out)
             elif args.task == "pll":
                 record.update(out.to_dict())  # num_tokens: the tokens scored.
             else:
@@ -247,68 +293,414 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.task == "embed" and not args.output.endswith(".npy"):
         raise UserError(f"--task embed writes a .npy array: --output must end in .npy, "
                         f"got {args.output!r}")
-    lines = _read_lines(args.input)
-    task = _load_task(args)
-    start = time.perf_counter()
     embed = args.task == "embed"
     status_path = args.output[: -len(".npy")] + ".jsonl" if embed else args.output
-    writer = _AtomicWriter(status_path)
-    array_writer = None
+    try:  # before any work: the outputs can be written
+        for path in {status_path, args.output}:
+            check_target(path)
+    except OSError as e:
+        raise UserError(str(e)) from None
+    if args.max_batch_tokens is not None and args.max_batch_tokens < 1:
+        raise UserError(f"--max-batch-tokens must be at least 1, got {args.max_batch_tokens}")
+    lines = _read_lines(args.input)
+    _compile_cache(args)
+    primary, devices, prepared_errors = True, None, None
+    if args.distributed:  # One process per host; process 0 writes.
+        import jax
+
+        from albert_jax import multihost
+
+        multihost.initialize()
+        primary, devices = jax.process_index() == 0, jax.local_devices()
+    task = _load_task(args, devices)
+    if args.distributed:
+        task.engine.process_part = (jax.process_index(), jax.process_count())
+        prepared_errors = _exchange_prepared(task, args, lines)
+    start = time.perf_counter()
     failed = tokens = 0
-    try:
+    # Both outputs appear whole or not at all (an error or interrupt discards them); in a
+    # distributed run only process 0 writes.
+    with atomic_file(status_path) if primary else _NoWriter() as status:
         vectors = (np.full((len(lines), task.model.config.hidden_size), np.nan, np.float32)
                    if embed else None)
+        # The bar counts lines finished (as batches complete, in any order); records are
+        # written in input order as soon as they and every earlier line are done.
         with tqdm(total=len(lines), unit="line", file=sys.stderr, disable=args.quiet) as bar:
-            for i, record, vector in _score_records(task, args, lines):
+            for i, record, vector in _score_records(task, args, lines, bar.update,
+                                                    prepared_errors):
                 failed += "error" in record
                 tokens += record.get("num_tokens", 0)
                 if vector is not None:
                     vectors[i] = vector
-                writer.file.write(json.dumps(record, ensure_ascii=False) + "\n")
-                bar.update(1)
-        if embed:
-            array_writer = _AtomicWriter(args.output, binary=True)
-            np.save(array_writer.file, vectors)
-            array_writer.commit()
-        writer.commit()
-    except BaseException:
-        writer.discard()
-        if array_writer is not None:
-            array_writer.discard()
-        raise
+                status.write(json.dumps(record, ensure_ascii=False) + "\n")
+        if embed and primary:
+            with atomic_file(args.output, "wb") as array:
+                np.save(array, vectors)
     elapsed = max(time.perf_counter() - start, 1e-9)
     done = len(lines) - failed
-    print(f"{PROG}: {args.task}: {done} of {len(lines)} lines scored ({failed} failed) in "
-          f"{elapsed:.2f} s: {done / elapsed:.1f} inputs/s, {tokens / elapsed:.0f} tokens/s",
-          file=sys.stderr)
+    if primary:
+        print(f"{PROG}: {args.task}: {done} of {len(lines)} lines scored ({failed} failed) in "
+              f"{elapsed:.2f} s: {done / elapsed:.1f} inputs/s, {tokens / elapsed:.0f} "
+              "tokens/s", file=sys.stderr)
     return 1 if failed else 0
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from albert_jax import hub
     from albert_jax.config import ConfigError
-    from albert_jax.conversion import ConversionError, convert
+    from albert_jax.conversion import ConversionError
+    from albert_jax.sources import convert
 
     try:
         src = args.src
-        if args.source_format == "tf":  # Google's TF checkpoints: albert_jax.tf_checkpoint.
-            from albert_jax import tf_checkpoint
-
-            src = tf_checkpoint.resolve_files(src, config=args.config, spiece=args.spiece)
+        if args.source_format == "tf":  # Google's TF checkpoints (albert_jax.tf_checkpoint).
+            src = hub.resolve_tf_files(src, config=args.config, spiece=args.spiece)
         elif args.config or args.spiece:
             raise UserError("--config and --spiece are for --from tf")
         dest = convert(src, args.dest, to=args.to, overwrite=args.overwrite)
     except (hub.ModelNotFoundError, ConversionError, ConfigError, FileNotFoundError,
             FileExistsError) as e:
         raise UserError(str(e)) from None
-    print(f"wrote {args.to} checkpoint to {dest}", file=sys.stderr)
+    print(f"wrote {args.to} model to {dest}", file=sys.stderr)
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="ALBERT for JAX and Flax.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+# ============================================================================= serving
+# `serve`, `keys` and `usage`: parsers and handlers only; the work is in albert_jax.serving
+# (needs the `serve` extra). One block, so that it moves as a whole.
+_SERVE_EXTRA_HINT = "the server needs the serve extra: pip install 'albert_jax[serve]'"
 
+
+def _import_serving(module: str):
+    import importlib
+
+    try:
+        return importlib.import_module(f"albert_jax.serving.{module}")
+    except ImportError as e:
+        raise UserError(f"{_SERVE_EXTRA_HINT} ({e})") from None
+
+
+def _length_buckets(text: str) -> tuple[int, ...]:
+    try:
+        buckets = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a comma-separated list of lengths: {text!r}") from None
+    if not buckets or buckets[0] < 3:
+        raise argparse.ArgumentTypeError(f"lengths must be at least 3: {text!r}")
+    return buckets
+
+
+def add_serve_command(sub) -> None:
+    sv = sub.add_parser(
+        "serve", help="the hosted fill-mask service: HTTP API, model page, keys, metering",
+        description="FastAPI on uvicorn. POST /v1/inference/{model}, POST /models/{model} "
+        "(Hugging Face shape), GET /v1/models, /v1/usage, /health, /ready, /metrics, /docs; "
+        "the model page at / and GET /models/{model}. SIGTERM drains and exits 0.")
+    sv.add_argument("--model", action="append", required=True, metavar="[ALIAS=]NAME_OR_DIR",
+                    help="a model to serve (repeatable); served as ALIAS, else its hub name, "
+                    "else its directory's name")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--db", default=None, help="SQLAlchemy URL of the keys and usage database "
+                    "(default: SQLite in the user data directory; postgresql+psycopg://... "
+                    "for replicas)")
+    sv.add_argument("--price-per-second", type=float, default=0.0005,
+                    help="price of a second of device time (default 0.0005)")
+    sv.add_argument("--max-batch-size", type=int, default=32, help="rows per batch (32)")
+    sv.add_argument("--max-batch-tokens", type=int, default=8192,
+                    help="padded tokens per batch (8192)")
+    sv.add_argument("--max-wait-ms", type=float, default=2.0,
+                    help="longest wait for more rows while a batch is not full (2)")
+    sv.add_argument("--max-queue", type=int, default=512,
+                    help="rows waiting per model before 429 (512)")
+    sv.add_argument("--max-body-bytes", type=int, default=1_000_000,
+                    help="largest request body before 413 (1000000)")
+    sv.add_argument("--request-timeout-s", type=float, default=30.0,
+                    help="time to answer before 504 (30)")
+    sv.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    sv.add_argument("--data", type=int, default=-1, help="data-parallel devices (default all)")
+    sv.add_argument("--tensor", type=int, default=1, help="tensor-parallel devices")
+    sv.add_argument("--cache-dir", help="persistent compilation cache directory")
+    sv.add_argument("--allow-anonymous", action="store_true",
+                    help="inference without a key too (rate-limited per client address)")
+    sv.add_argument("--length-buckets", type=_length_buckets, default=None,
+                    help="comma-separated sequence-length buckets to compile (default: the "
+                    "engine's)")
+    sv.add_argument("--max-length", type=int, default=None,
+                    help="longest input in tokens (default: the model's maximum)")
+    sv.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    server = _import_serving("server")
+    from albert_jax import hub
+    from albert_jax.config import ConfigError
+    from albert_jax.conversion import ConversionError
+
+    config = server.ServeConfig(
+        models=args.model, host=args.host, port=args.port, db=args.db,
+        price_per_second=args.price_per_second, max_batch_size=args.max_batch_size,
+        max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
+        max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
+        request_timeout_s=args.request_timeout_s, dtype=args.dtype, data=args.data,
+        tensor=args.tensor, cache_dir=args.cache_dir, allow_anonymous=args.allow_anonymous,
+        length_buckets=args.length_buckets, max_length=args.max_length)
+    try:
+        return server.serve(config)
+    except (hub.ModelNotFoundError, ConversionError, ConfigError, FileNotFoundError,
+            ValueError) as e:
+        raise UserError(str(e)) from None
+    except (OSError, *_db_errors()) as e:  # The port is taken, the database unreachable...
+        raise UserError(f"cannot serve: {e}") from None
+
+
+def add_keys_command(sub) -> None:
+    ks = sub.add_parser("keys", help="API keys of the service: create, list, revoke",
+                        description="Keys are stored only as hashes; create prints the new "
+                        "key alone on stdout, once.")
+    ksub = ks.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    db_help = "SQLAlchemy URL (default: the server's default SQLite file)"
+    create = ksub.add_parser("create", help="a new key, printed once")
+    create.add_argument("--db", default=None, help=db_help)
+    create.add_argument("--name", required=True)
+    create.add_argument("--rate-limit", type=int, default=None,
+                        help="requests per minute (default: no limit)")
+    listing = ksub.add_parser("list", help="names, key prefixes, limits, status")
+    listing.add_argument("--db", default=None, help=db_help)
+    revoke = ksub.add_parser("revoke", help="revoke a key (its requests get 403)")
+    revoke.add_argument("--db", default=None, help=db_help)
+    revoke.add_argument("--name", required=True)
+    ks.set_defaults(func=cmd_keys)
+
+
+def _db_errors():
+    import sqlalchemy.exc
+
+    return (sqlalchemy.exc.SQLAlchemyError, ValueError)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    admin = _import_serving("admin")
+    from albert_jax.serving.db import KeyAdminError
+
+    try:
+        if args.keys_command == "create":
+            print(admin.create_key(args.db, args.name, args.rate_limit))
+        elif args.keys_command == "list":
+            print(admin.keys_table(args.db))
+        else:
+            admin.revoke_key(args.db, args.name)
+            print(f"{PROG}: revoked key {args.name!r}", file=sys.stderr)
+    except KeyAdminError as e:
+        raise UserError(str(e)) from None
+    except _db_errors() as e:
+        raise UserError(f"database {args.db or '(default)'}: {e}") from None
+    return 0
+
+
+def add_usage_command(sub) -> None:
+    us = sub.add_parser("usage", help="usage summary of the service: requests, tokens, cost",
+                        description="Per key, day and model, from the usage ledger.")
+    us.add_argument("--db", default=None,
+                    help="SQLAlchemy URL (default: the server's default SQLite file)")
+    us.add_argument("--name", default=None, help="one key's usage only")
+    us.add_argument("--json", action="store_true", help="a JSON list of rows")
+    us.set_defaults(func=cmd_usage)
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    admin = _import_serving("admin")
+    try:
+        print(admin.usage_report(args.db, args.name, args.json))
+    except _db_errors() as e:
+        raise UserError(f"database {args.db or '(default)'}: {e}") from None
+    return 0
+# ============================================================================ training
+def parse_config_args(argv: Sequence[str], example: str = "configs/pretrain/tiny.py"
+                      ) -> tuple[Any, str]:
+    """``--config FILE --workdir DIR [--distributed] [--config.key=value ...]`` ->
+    ``(config, workdir)``. Overrides follow ``ml_collections.config_flags`` (unknown keys
+    and wrong types fail); a ``ConfigError`` names the problem in one line."""
+    import ml_collections
+    from absl import flags
+    from ml_collections import config_flags
+
+    from albert_jax.config import ConfigError
+
+    fv = flags.FlagValues()
+    args = ["albert-jax", *argv]
+    config_flags.DEFINE_config_file("config", None, "config file (get_config())", flag_values=fv,
+                                    sys_argv=args)
+    flags.DEFINE_string("workdir", None, "run directory (checkpoints, metrics)", flag_values=fv)
+    flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() first",
+                      flag_values=fv)
+    try:
+        rest = fv(args)
+    except flags.Error as e:
+        raise ConfigError(_one_line(e)) from None
+    except (KeyError, AttributeError) as e:
+        # config_flags reports an unknown key as AttributeError(KeyError("'name'")).
+        key = str(e.args[0] if e.args else e).strip("\"'")
+        raise ConfigError(f"unknown config key in an override: {key}") from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(_one_line(e)) from None
+    if len(rest) > 1:
+        raise ConfigError(f"unexpected arguments: {' '.join(rest[1:])}")
+    config = fv.config
+    if config is None:
+        raise ConfigError(f"--config is required (e.g. {example})")
+    if not isinstance(config, ml_collections.ConfigDict):
+        # config_flags hands back a proxy that raises on use when the file failed to load.
+        raise ConfigError(f"cannot load config file {_flag_value(args, 'config')!r} "
+                          "(missing, or its get_config() failed)")
+    if not fv.workdir:
+        raise ConfigError("--workdir is required")
+    if fv.distributed:
+        with config.unlocked():
+            config.distributed = True
+    _resolve_config_paths(config, _flag_value(args, "config"), args)
+    return config, fv.workdir
+
+
+def _resolve_config_paths(config: Any, config_file: str, args: Sequence[str]) -> None:
+    """Relative paths written in a config file -> absolute, from the file's directory (so a
+    config works from any directory); paths given as overrides stay relative to the current
+    directory. ``init`` is resolved only when it names an existing directory there (it may
+    be a hub name)."""
+    from albert_jax.training.run_config import PATH_FIELDS
+
+    overridden = {a[len("--config."):].split("=", 1)[0] for a in args
+                  if a.startswith("--config.")}
+    here = os.path.dirname(os.path.abspath(config_file))
+    for field in (*PATH_FIELDS, "data.tfds_data_dir", "init"):
+        section, _, key = field.rpartition(".")
+        node = config[section] if section else config
+        if field in overridden or key not in node:
+            continue
+        value = node[key]
+        if not isinstance(value, str) or not value or os.path.isabs(os.path.expanduser(value)):
+            continue
+        resolved = os.path.normpath(os.path.join(here, value))
+        if field != "init" or os.path.isdir(resolved):
+            node[key] = resolved
+
+
+def _flag_value(args: Sequence[str], name: str) -> str | None:
+    """The value given to ``--name`` (as ``--name=v`` or ``--name v``) in ``args``."""
+    for i, arg in enumerate(args):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def _config_keys_help(config: Any, per_config: Sequence[str] = ()) -> str:
+    """``key = default`` for every leaf of ``config`` (one line each)."""
+    from albert_jax.training.run_config import flat_items
+
+    items = flat_items(config)
+    width = max(len(k) for k, _ in items)
+    return "\n".join(f"  {k:<{width}}  "
+                     + ("(set by each config file)" if k in per_config else repr(v))
+                     for k, v in items)
+
+
+def _training_help(args: argparse.Namespace) -> str:
+    """The subcommand's help and its config keys: those of ``--config FILE`` when given and
+    loadable, else the defaults every config file starts from."""
+    from albert_jax.training import run_config as rc
+
+    config, source, per_config = None, "", ()
+    if args.config:
+        try:
+            config = parse_config_args(["--config", args.config, "--workdir", "-",
+                                        *args.overrides])[0]
+            source = f"the values of {args.config}"
+        except Exception as e:  # help still prints the defaults
+            source = f"defaults ({args.config}: {_one_line(e)})"
+    if config is None and args.command == "pretrain":
+        config, source = rc.pretrain_config(), source or (
+            "defaults (albert_jax.training.run_config.pretrain_config)")
+    elif config is None:
+        per_config = ("task", "optimizer.learning_rate", "global_batch_size",
+                      "num_train_steps", "optimizer.warmup_steps", "max_seq_length")
+        config = rc.finetune_config("", learning_rate=0.0, batch_size=0, steps=0, warmup=0,
+                                    max_seq_length=0)
+        source = source or "defaults (albert_jax.training.run_config.finetune_config)"
+    return (f"{args.parser.format_help()}\nconfig keys (override with --config.KEY=VALUE), "
+            f"{source}:\n{_config_keys_help(config, per_config)}\n")
+
+
+def _run_training(args: argparse.Namespace, run: Callable[[Any, str], Any],
+                  example: str) -> int:
+    """Shared by pretrain and finetune: --help, config + overrides, distributed set-up."""
+    if args.help:
+        print(_training_help(args), end="")
+        return 0
+    argv = [*(["--config", args.config] if args.config else []),
+            *(["--workdir", args.workdir] if args.workdir else []),
+            *(["--distributed"] if args.distributed else []), *args.overrides]
+    config, workdir = parse_config_args(argv, example=example)
+    if config.get("distributed", False):
+        from albert_jax.training.trainer import initialize_distributed
+
+        initialize_distributed()
+    result = run(config, workdir)
+    if result is not None:
+        print(json.dumps(result))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    def run(config, workdir):
+        from albert_jax.training.pretrain import pretrain
+
+        pretrain(config, workdir)
+
+    return _run_training(args, run, example="configs/pretrain/tiny.py")
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    def run(config, workdir):
+        from albert_jax.training.finetune import finetune
+
+        return finetune(config, workdir)
+
+    return _run_training(args, run, example="configs/finetune/sst2.py")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from albert_jax.training.finetune import evaluate
+
+    print(json.dumps(evaluate(args.workdir, args.model, args.split, args.input,
+                              args.batch_size)))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from albert_jax.training.finetune import predict
+
+    n = predict(args.output, args.workdir, args.model, args.split, args.input, args.batch_size)
+    print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from albert_jax.training.export import export
+
+    print(export(args.workdir, args.dest, to=args.to, step=args.step, dtype=args.dtype,
+                 overwrite=args.overwrite))
+    return 0
+
+
+# ============================================================================ parsers
+MODEL_HELP = (f"hub name or directory (default: {DEFAULT_MODEL}, or the bundled "
+              f"{FALLBACK_MODEL} when that is neither cached nor fetchable)")
+
+
+def add_fill_mask_command(sub: Any) -> None:
     fm = sub.add_parser(
         "fill-mask",
         help="rank completions of the [MASK] in each text",
@@ -316,15 +708,16 @@ def build_parser() -> argparse.ArgumentParser:
         "one [MASK]. Prints the top completions with their probabilities.",
     )
     fm.add_argument("text", nargs="*", metavar="TEXT")
-    fm.add_argument("--model", default=None, help="hub name or directory (default: "
-                    f"{DEFAULT_MODEL}, or the bundled {FALLBACK_MODEL} when that is neither "
-                    "cached nor fetchable)")
+    fm.add_argument("--model", default=None, help=MODEL_HELP)
     fm.add_argument("--top-k", type=int, default=5, help="completions per input (default 5)")
     fm.add_argument("--targets", help="comma-separated candidate tokens to score instead")
     fm.add_argument("--json", action="store_true",
                     help="one JSON object per input: {input, predictions} or {input, error}")
+    compile_cache.add_arguments(fm)
     fm.set_defaults(func=cmd_fill_mask)
 
+
+def add_score_command(sub: Any) -> None:
     sc = sub.add_parser(
         "score",
         help="batch scoring of a file: fill-mask, pseudo-log-likelihood or embeddings",
@@ -334,9 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
         "any line failed.",
     )
     sc.add_argument("--task", required=True, choices=("fill-mask", "pll", "embed"))
-    sc.add_argument("--model", default=None, help="hub name or directory (default: "
-                    f"{DEFAULT_MODEL}, or the bundled {FALLBACK_MODEL} when that is neither "
-                    "cached nor fetchable)")
+    sc.add_argument("--model", default=None, help=MODEL_HELP)
     sc.add_argument("--input", required=True, help="text file, one input per line; - for stdin")
     sc.add_argument("--output", required=True, help="JSON Lines file (embed: .npy)")
     sc.add_argument("--batch-size", type=int, default=32, help="rows per step (default 32)")
@@ -351,13 +742,23 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--data", type=int, default=-1, help="data-parallel devices (default all)")
     sc.add_argument("--fsdp", type=int, default=1)
     sc.add_argument("--tensor", type=int, default=1, help="tensor-parallel devices")
-    sc.add_argument("--cache-dir", help="persistent compilation cache directory")
+    sc.add_argument("--max-batch-tokens", type=int, default=None,
+                    help="token budget per batch (rows x padded length; --batch-size stays "
+                    "the row limit): short lines go in large batches, long ones in small")
+    compile_cache.add_arguments(sc)
+    sc.add_argument("--distributed", action="store_true",
+                    help="one process per host on JAX's multi-host runtime "
+                    "(JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or JAX's "
+                    "detection on TPU pods and SLURM): each scores its share of the lines, "
+                    "process 0 writes the output")
     sc.add_argument("--quiet", action="store_true", help="no progress bar")
     sc.set_defaults(func=cmd_score)
 
+
+def add_convert_command(sub: Any) -> None:
     cv = sub.add_parser(
         "convert",
-        help="convert a checkpoint to albert_jax (default) or Hugging Face format",
+        help="convert a model to albert_jax (default) or Hugging Face format",
         description="SRC is a hub name, a Hugging Face directory, an albert_jax directory, "
         "or (--from tf) a Google TF checkpoint: its directory as released or a checkpoint "
         "prefix with --config and --spiece.",
@@ -373,33 +774,106 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--overwrite", action="store_true", help="replace an existing DEST")
     cv.set_defaults(func=cmd_convert)
 
-    # Training commands parse their own arguments (ml_collections --config.key=value
-    # overrides); they are listed here for --help and dispatched in main().
-    sub.add_parser("pretrain", add_help=False,
-                   help="MLM + SOP pretraining: --config FILE --workdir DIR [--config.k=v ...]")
-    sub.add_parser("export", add_help=False,
-                   help="WORKDIR DEST [--to hf]: a training run -> a model directory "
-                        "(fine-tuning: its best model)")
-    sub.add_parser("finetune", add_help=False,
-                   help="fine-tuning: --config configs/finetune/TASK.py --workdir DIR "
-                        "[--config.init=NAME_OR_DIR --config.k=v ...]")
-    sub.add_parser("evaluate", add_help=False,
-                   help="--workdir DIR | --model DIR [--split S]: dev metrics of a fine-tuned "
-                        "model")
-    sub.add_parser("predict", add_help=False,
-                   help="--workdir DIR | --model DIR [--split S | --input FILE] --output "
-                        "FILE.jsonl")
+
+def _add_training_command(sub: Any, name: str, summary: str, description: str,
+                          func: Callable[[argparse.Namespace], int]) -> None:
+    p = sub.add_parser(name, help=summary, description=description, add_help=False,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-h", "--help", action="store_true",
+                   help="show this help and every config key with its default")
+    p.add_argument("--config", metavar="FILE", help="config file defining get_config()")
+    p.add_argument("--workdir", metavar="DIR",
+                   help="run directory: checkpoints, metrics.jsonl, TensorBoard, tfds/; "
+                        "rerunning resumes from it")
+    p.add_argument("--distributed", action="store_true",
+                   help="call jax.distributed.initialize() first (multi-host)")
+    p.set_defaults(func=func, parser=p, takes_overrides=True)
+
+
+def add_pretrain_command(sub: Any) -> None:
+    _add_training_command(
+        sub, "pretrain", "MLM + SOP pretraining: --config FILE --workdir DIR [--config.k=v ...]",
+        "ALBERT pretraining (masked LM + sentence order) on a folder of text files,\n"
+        "sharded over the devices of config.mesh. Example:\n\n"
+        "  albert-jax pretrain --config configs/pretrain/tiny.py --workdir /tmp/tiny \\\n"
+        "      --config.num_train_steps=100\n\n"
+        "Rerunning resumes from the latest checkpoint in the workdir.", cmd_pretrain)
+
+
+def add_finetune_command(sub: Any) -> None:
+    _add_training_command(
+        sub, "finetune", "fine-tuning: --config configs/finetune/TASK.py --workdir DIR "
+        "[--config.init=NAME_OR_DIR --config.k=v ...]",
+        "Fine-tunes config.init (a hub name or model directory) on config.task (GLUE,\n"
+        "SQuAD, CoNLL-2003, RACE/SWAG); keeps the best dev model in WORKDIR/best.\n"
+        "Example:\n\n"
+        "  albert-jax finetune --config configs/finetune/sst2.py --workdir /tmp/sst2 \\\n"
+        "      --config.init=albert-mini\n\n"
+        "Prints the best dev result as JSON. Rerunning resumes.", cmd_finetune)
+
+
+def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--workdir", help="a fine-tuning run (its best model)")
+    where.add_argument("--model", help="a model directory written by finetune/export")
+    p.add_argument("--split", default=None, help="a split of the task's data "
+                   "(default: the dev split for evaluate, test for predict)")
+    p.add_argument("--input", default=None, help="a file in the task's format instead")
+    p.add_argument("--batch-size", type=int, default=None)
+
+
+def add_evaluate_command(sub: Any) -> None:
+    p = sub.add_parser("evaluate", help="--workdir DIR | --model DIR [--split S]: dev metrics "
+                       "of a fine-tuned model", description="Metrics of a fine-tuned model on a "
+                       "split of its task, printed as JSON.")
+    _add_eval_arguments(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def add_predict_command(sub: Any) -> None:
+    p = sub.add_parser("predict", help="--workdir DIR | --model DIR [--split S | --input FILE] "
+                       "--output FILE.jsonl", description="One JSON object per example of a "
+                       "split (or an input file) with the fine-tuned model's prediction.")
+    _add_eval_arguments(p)
+    p.add_argument("--output", required=True, help="JSON Lines file to write")
+    p.set_defaults(func=cmd_predict)
+
+
+def add_export_command(sub: Any) -> None:
+    p = sub.add_parser("export", help="WORKDIR DEST [--to hf]: a training run -> a model "
+                       "directory (fine-tuning: its best model)",
+                       description="The model of a training run as a model directory: a "
+                       "pretraining run's latest (or --step) checkpoint, a fine-tuning run's "
+                       "best model.")
+    p.add_argument("workdir", metavar="WORKDIR")
+    p.add_argument("dest", metavar="DEST")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DEST")
+    p.add_argument("--step", type=int, default=None, help="pretraining: the checkpoint step "
+                   "(default: the latest)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
+                   help="pretraining: storage dtype of the exported parameters (default float32)")
+    p.add_argument("--to", choices=("albert_jax", "hf"), default="albert_jax",
+                   help="albert_jax model directory (default) or Hugging Face format")
+    p.set_defaults(func=cmd_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="ALBERT for JAX and Flax.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (add_fill_mask_command, add_score_command, add_convert_command,
+                add_pretrain_command, add_finetune_command, add_evaluate_command,
+                add_predict_command, add_export_command, add_serve_command, add_keys_command,
+                add_usage_command):
+        add(sub)
     return parser
 
 
-# Subcommands with their own argument parsing: (module, function).
-_TRAIN_COMMANDS = {
-    "pretrain": ("train", "pretrain_main"),
-    "export": ("train", "export_main"),
-    "finetune": ("finetune", "finetune_main"),
-    "evaluate": ("finetune", "evaluate_main"),
-    "predict": ("finetune", "predict_main"),
-}
+# Exceptions that user input causes in the library: one line each, exit status 2. (Inference
+# handlers translate theirs to UserError themselves; the training library raises these.)
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from albert_jax.config import ConfigError
+
+    return (UserError, ConfigError, OSError, ValueError)
 
 
 class _OneLineFormatter(logging.Formatter):
@@ -409,22 +883,33 @@ class _OneLineFormatter(logging.Formatter):
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in _TRAIN_COMMANDS:
-        import importlib
-
-        module, function = _TRAIN_COMMANDS[argv[0]]
-        return getattr(importlib.import_module(f"albert_jax.{module}"), function)(argv[1:])
-    args = build_parser().parse_args(argv)
-    # Library notices (e.g. weights initialised) go to stderr as one line each.
+    parser = build_parser()
+    try:
+        args, extras = parser.parse_known_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    if extras and not getattr(args, "takes_overrides", False):
+        _error(f"unrecognized arguments: {' '.join(extras)}", args.command)
+        return 2
+    args.overrides = extras
+    training = args.command in ("pretrain", "finetune", "evaluate", "predict", "export")
+    # Inference notices (e.g. weights initialised) go to stderr as one line each. (The
+    # training commands log as the library does: their console is the progress bar.)
     logger = logging.getLogger("albert_jax")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLineFormatter())
-    logger.addHandler(handler)
-    logger.setLevel(logging.WARNING)  # Notices that need attention; not routine info.
+    if not training:
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)  # Notices that need attention; not routine info.
     try:
         return args.func(args)
     except UserError as e:
-        _error(str(e))
+        _error(str(e), args.command if training else None)
+        return 2
+    except _user_error_types() as e:
+        if not training:  # an inference handler did not translate it: a real bug
+            raise
+        _error(str(e), args.command)
         return 2
     except KeyboardInterrupt:
         return 130

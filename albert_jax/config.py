@@ -3,14 +3,15 @@
 Two kinds of fields live here. *Architecture* fields mirror Hugging Face's ``config.json``
 (every one that changes the math); they round-trip through :meth:`AlbertConfig.to_hf_dict`
 and :meth:`AlbertConfig.from_hf_dict`. *Runtime* fields (``dtype``, ``param_dtype``,
-``scan_layers``, ``remat``, ``attention``) choose how the program runs, never what it computes
-in float32, and are not written to Hugging Face files.
+``scan_layers``, ``scan_unroll``, ``remat``, ``attention``) choose how the program runs, never
+what it computes in float32, and are not written to Hugging Face files.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from typing import Any
 
@@ -74,6 +75,9 @@ class AlbertConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     scan_layers: bool = True
+    # Layer iterations per scan-loop iteration (nn.scan's ``unroll``): 1 keeps one loop
+    # iteration per layer; k > 1 lets XLA fuse across k layers at the cost of compile time.
+    scan_unroll: int = 1
     remat: str = "none"
     attention: str = "explicit"
 
@@ -82,27 +86,44 @@ class AlbertConfig:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Raises :class:`ConfigError` naming every inconsistent field."""
+        """Raises :class:`ConfigError` naming every inconsistent field.
+
+        Types are checked first (a ``config.json`` may hold ``"768"`` or ``"false"``, which
+        would otherwise fail deep inside the model or, for a flag, silently count as true).
+        """
         errors = []
-        for name in (
-            "vocab_size", "embedding_size", "hidden_size", "num_hidden_layers",
-            "num_hidden_groups", "num_attention_heads", "intermediate_size", "inner_group_num",
-            "max_position_embeddings", "type_vocab_size", "num_labels",
-        ):
+        for name in _POSITIVE_INT_FIELDS:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                errors.append(f"{name} must be a positive integer, got {value!r}")
-        if not errors:
-            if self.hidden_size % self.num_attention_heads:
-                errors.append(
-                    f"hidden_size ({self.hidden_size}) is not divisible by "
-                    f"num_attention_heads ({self.num_attention_heads})"
-                )
-            if self.num_hidden_layers % self.num_hidden_groups:
-                errors.append(
-                    f"num_hidden_layers ({self.num_hidden_layers}) is not divisible by "
-                    f"num_hidden_groups ({self.num_hidden_groups})"
-                )
+            if not _is_int(value) or value < 1:
+                errors.append(f"{name} must be a positive integer, got {_short(value)}")
+        for name in _TOKEN_ID_FIELDS:
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 0):
+                errors.append(f"{name} must be a non-negative integer, got {_short(value)}")
+        for name in _FLOAT_FIELDS:
+            value = getattr(self, name)
+            if value is None and name == "classifier_dropout_prob":
+                continue
+            if not _is_real(value):
+                errors.append(f"{name} must be a number, got {_short(value)}")
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                errors.append(f"{name} must be true or false, got {_short(getattr(self, name))}")
+        for name in _STR_FIELDS:
+            if not isinstance(getattr(self, name), str):
+                errors.append(f"{name} must be a string, got {_short(getattr(self, name))}")
+        if errors:  # The checks below assume the types.
+            raise ConfigError("invalid AlbertConfig: " + "; ".join(errors))
+        if self.hidden_size % self.num_attention_heads:
+            errors.append(
+                f"hidden_size ({self.hidden_size}) is not divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.num_hidden_layers % self.num_hidden_groups:
+            errors.append(
+                f"num_hidden_layers ({self.num_hidden_layers}) is not divisible by "
+                f"num_hidden_groups ({self.num_hidden_groups})"
+            )
         if self.hidden_act not in SUPPORTED_ACTIVATIONS:
             errors.append(
                 f"unknown hidden_act {self.hidden_act!r} (supported: "
@@ -122,10 +143,16 @@ class AlbertConfig:
                           f"{self.classifier_dropout_prob!r}")
         if self.layer_norm_eps <= 0:
             errors.append(f"layer_norm_eps must be positive, got {self.layer_norm_eps!r}")
+        if self.initializer_range < 0:
+            errors.append(f"initializer_range must be non-negative, got "
+                          f"{self.initializer_range!r}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in SUPPORTED_DTYPES:
                 errors.append(f"{name} must be one of {SUPPORTED_DTYPES}, got "
                               f"{getattr(self, name)!r}")
+        if (not isinstance(self.scan_unroll, int) or isinstance(self.scan_unroll, bool)
+                or self.scan_unroll < 1):
+            errors.append(f"scan_unroll must be a positive integer, got {self.scan_unroll!r}")
         if self.remat not in REMAT_POLICIES:
             errors.append(f"remat must be one of {REMAT_POLICIES}, got {self.remat!r}")
         if self.attention not in ATTENTION_IMPLEMENTATIONS:
@@ -174,11 +201,17 @@ class AlbertConfig:
         Unknown keys (``architectures``, ``transformers_version``, ...) are ignored;
         ``overrides`` set any field, including the runtime ones.
         """
+        if not isinstance(hf, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(hf).__name__}")
         if hf.get("model_type", "albert") != "albert":
-            raise ConfigError(f"not an ALBERT config: model_type is {hf.get('model_type')!r}")
+            raise ConfigError(f"not an ALBERT config: model_type is "
+                              f"{_short(hf.get('model_type'))}")
         names = {f.name for f in dataclasses.fields(cls)} - _RUNTIME_FIELDS
         kwargs = {k: v for k, v in hf.items() if k in names}
         if "id2label" in hf and "num_labels" not in hf:
+            if not isinstance(hf["id2label"], dict):
+                raise ConfigError(f"id2label must be an object mapping class ids to names, got "
+                                  f"{_short(hf['id2label'])}")
             kwargs["num_labels"] = len(hf["id2label"])
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -193,12 +226,9 @@ class AlbertConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, **overrides: Any) -> AlbertConfig:
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{os.fspath(path)} is not valid JSON: {e}") from None
-        return cls.from_hf_dict(data, **overrides)
+        """The config of a Hugging Face ``config.json``; :class:`ConfigError` naming the file
+        (and the field) when it is unreadable, not a JSON object or not a valid config."""
+        return config_from_hf_file(read_hf_config(path), path, **overrides)
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike, **overrides: Any) -> AlbertConfig:
@@ -220,7 +250,65 @@ class AlbertConfig:
         return cls.from_json_file(hub.resolve_file(name, "config.json"), **overrides)
 
 
-_RUNTIME_FIELDS = frozenset({"dtype", "param_dtype", "scan_layers", "remat", "attention"})
+_RUNTIME_FIELDS = frozenset(
+    {"dtype", "param_dtype", "scan_layers", "scan_unroll", "remat", "attention"}
+)
+_POSITIVE_INT_FIELDS = (
+    "vocab_size", "embedding_size", "hidden_size", "num_hidden_layers", "num_hidden_groups",
+    "num_attention_heads", "intermediate_size", "inner_group_num", "max_position_embeddings",
+    "type_vocab_size", "num_labels",
+)
+_TOKEN_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id")
+_FLOAT_FIELDS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "initializer_range",
+                 "layer_norm_eps", "classifier_dropout_prob")
+_BOOL_FIELDS = ("tie_word_embeddings", "scan_layers")
+_STR_FIELDS = ("hidden_act", "position_embedding_type", "dtype", "param_dtype", "remat",
+               "attention")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    """An int or a finite float (JSON has no NaN, but Python's json reads ``NaN``)."""
+    return (_is_int(value) or isinstance(value, float)) and math.isfinite(value)
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` of a bad value, shortened: an error line must stay one readable line."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_hf_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object of a ``config.json``; :class:`ConfigError` naming the file when it
+    cannot be read, is not UTF-8, not JSON, or not an object."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read it ({e.strerror or e})") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a JSON object, not a {type(data).__name__}")
+    return data
+
+
+def config_from_hf_file(
+    hf: dict[str, Any], path: str | os.PathLike, **overrides: Any
+) -> AlbertConfig:
+    """:meth:`AlbertConfig.from_hf_dict` of the contents of ``path``, errors naming it."""
+    try:
+        return AlbertConfig.from_hf_dict(hf, **overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{os.fspath(path)}: {e}") from None
 
 
 def _preset(layers: int, hidden: int, heads: int, ffn: int, v1: bool) -> AlbertConfig:

@@ -36,16 +36,16 @@ of other heads (the MLM head when loading a classifier, ...) are dropped.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import os
+import pickle
 import re
-import secrets
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,9 @@ import numpy as np
 from flax import traverse_util
 
 from albert_jax import hub
-from albert_jax.config import AlbertConfig
+from albert_jax.atomic import atomic_directory
+from albert_jax.config import AlbertConfig, config_from_hf_file, read_hf_config
+from albert_jax.errors import ConversionError
 from albert_jax.model import HEADS, model_for_head
 
 logger = logging.getLogger(__name__)
@@ -91,10 +93,6 @@ _ARCHITECTURE_ORDER = (
     "question_answering",
     "base",
 )
-
-
-class ConversionError(ValueError):
-    """A checkpoint that cannot be read, or does not fit the model it is loaded into."""
 
 
 class MissingDependencyError(ConversionError, ImportError):
@@ -272,10 +270,35 @@ def load_hf_state_dict(
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
     if path.endswith(".safetensors"):
-        return _load_safetensors(path)
+        return _check_finite(_load_safetensors(path), path)
     if path.endswith((".bin", ".pt", ".pth")):
-        return _load_torch(path)
+        return _check_finite(_load_torch(path), path)
     raise ConversionError(f"{path}: unknown weights format (expected .safetensors or .bin)")
+
+
+def _check_finite(arrays: dict[str, np.ndarray], path: str) -> dict[str, np.ndarray]:
+    """Refuses NaN or infinite weights: they come only from a damaged file (or a diverged
+    run) and would make every output NaN without any error."""
+    for name, value in arrays.items():
+        if np.issubdtype(value.dtype, np.inexact) or value.dtype.name == "bfloat16":
+            finite = np.isfinite(value.astype(np.float32) if value.dtype.name == "bfloat16"
+                                 else value)
+            if not finite.all():
+                raise ConversionError(
+                    f"{path}: tensor {name!r} holds {int((~finite).sum())} NaN or infinite "
+                    "values: the file is damaged (or was saved from a diverged run)"
+                )
+    return arrays
+
+
+def _first_line(error: BaseException, limit: int = 160) -> str:
+    """The first line (or sentence) of an error message: library messages run to paragraphs
+    of advice, and an error line must stay one readable line."""
+    line = next((x.strip() for x in str(error).splitlines() if x.strip()), type(error).__name__)
+    if len(line) > limit:
+        end = line.find(". ")
+        line = line[: end + 1] if 0 < end < limit else line[: limit - 3] + "..."
+    return line
 
 
 def _load_safetensors(path: str) -> dict[str, np.ndarray]:
@@ -286,7 +309,8 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
         return load_file(path)
     except (SafetensorError, ValueError, KeyError, OSError) as e:
         # KeyError: a dtype numpy cannot hold; the rest: a truncated or corrupt file.
-        raise ConversionError(f"{path}: not a readable safetensors file ({e})") from None
+        raise ConversionError(
+            f"{path}: not a readable safetensors file ({_first_line(e)})") from None
 
 
 def _load_torch(path: str) -> dict[str, np.ndarray]:
@@ -298,9 +322,29 @@ def _load_torch(path: str) -> dict[str, np.ndarray]:
             "pip install 'albert_jax[torch]' (or use a model.safetensors file)"
         ) from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # Its notes on pickle protocols are not ours to print.
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message for anything its restricted unpickler refuses advises retrying with
+        # weights_only=False, i.e. running the file's code: never relay that advice.
+        message = str(e)
+        found = re.search(r"GLOBAL ([\w.]+)", message)
+        if found:
+            raise ConversionError(
+                f"{path}: not a safe checkpoint: it holds objects other than tensors (it refers "
+                f"to {found.group(1):.80}), and loading them could run code from the file; only "
+                "plain state dicts of tensors are read (or use a model.safetensors file)"
+            ) from None
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", message)
+        reason = detail.group(1).strip() if detail else _first_line(e)
+        if "weights_only" in reason:
+            reason = "refused by the safe unpickler"
+        raise ConversionError(
+            f"{path}: not a readable PyTorch checkpoint ({reason[:200]})") from None
     except Exception as e:  # Unpickling errors come in many types (EOFError, RuntimeError...).
-        raise ConversionError(f"{path}: not a readable PyTorch checkpoint ({e})") from None
+        raise ConversionError(
+            f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from None
     if not isinstance(state, Mapping) or not all(
         isinstance(v, torch.Tensor) for v in state.values()
     ):
@@ -333,12 +377,20 @@ def _shape(leaf: Any) -> tuple[int, ...]:
     return tuple(nn.meta.unbox(leaf).shape)
 
 
-def _known_shapes(config: AlbertConfig) -> dict[str, set[tuple[int, ...]]]:
-    """Every parameter any head can have, with the shapes it may take."""
+def _known_shapes(
+    config: AlbertConfig, needed: set[str] | None = None
+) -> dict[str, set[tuple[int, ...]]]:
+    """Every parameter any head can have, with the shapes it may take.
+
+    With ``needed``, stops at the first heads that know every path of it: each head is a
+    trace of the model (~0.1 s), and loading should not pay for seven.
+    """
     known: dict[str, set[tuple[int, ...]]] = {}
     for head in HEADS:
         for path, leaf in _abstract(config, head).items():
             known.setdefault(path, set()).add(_shape(leaf))
+        if needed is not None and known.keys() >= needed:
+            break
     return known
 
 
@@ -412,7 +464,7 @@ class Checkpoint:
         self, allowed: Mapping[str, set[tuple[int, ...]]], required: set[str], what: str
     ) -> None:
         """Raises one ConversionError listing every unknown, mis-shaped and missing key."""
-        known = _known_shapes(self.config)
+        known = _known_shapes(self.config, needed=set(self.params))  # Only membership.
         errors = list(self.problems)
         for path, value in sorted(self.params.items()):
             if path not in known:
@@ -513,32 +565,21 @@ def _init_subset(
     return jax.jit(init)(rng)
 
 
-def read_checkpoint(
-    name_or_path: str | os.PathLike | hub.ModelFiles, **config_overrides: Any
-) -> Checkpoint:
-    """Reads a hub name, Hugging Face directory/file or albert_jax directory into memory.
+def read_files(files: hub.ModelFiles, **config_overrides: Any) -> Checkpoint:
+    """Reads a Hugging Face or albert_jax checkpoint's files into memory (any source,
+    Google's TF checkpoints included: :func:`albert_jax.sources.read_checkpoint`).
 
     ``config_overrides`` set fields of the :class:`AlbertConfig` built from ``config.json``.
     """
-    files = (
-        name_or_path if isinstance(name_or_path, hub.ModelFiles)
-        else hub.resolve_model_files(name_or_path)
-    )
-    if files.format == "tf":  # Google's TF checkpoints: albert_jax.tf_checkpoint.
-        from albert_jax import tf_checkpoint
-
-        return tf_checkpoint.read_checkpoint(files, **config_overrides)
-    try:
-        with open(files.config, encoding="utf-8") as f:
-            hf_config = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{files.config} is not valid JSON: {e}") from None
-    config = AlbertConfig.from_hf_dict(hf_config, **config_overrides)
+    if files.format not in ("hf", FORMAT_NAME):
+        raise ValueError(f"{files.name}: format {files.format!r} is not read here")
+    hf_config = read_hf_config(files.config)
+    config = config_from_hf_file(hf_config, files.config, **config_overrides)
     if files.format == "albert_jax":
         _check_meta(files.meta)
         params = {}
         for path in files.weights:
-            params.update(_load_safetensors(path))
+            params.update(_check_finite(_load_safetensors(path), path))
         return Checkpoint(params, config, hf_config, files, {p: p for p in params}, set(), [])
     state_dict = load_hf_state_dict(files.weights)
     mapped = _map_hf(state_dict, tie_word_embeddings=config.tie_word_embeddings)
@@ -554,8 +595,10 @@ def _check_meta(path: str | None) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             meta = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ConversionError(f"{path}: unreadable ({e})") from None
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8 or not JSON.
+        raise ConversionError(f"{path}: unreadable ({_first_line(e)})") from None
+    if not isinstance(meta, dict):
+        raise ConversionError(f"{path} must hold a JSON object, not a {type(meta).__name__}")
     if meta.get("format") != FORMAT_NAME:
         raise ConversionError(f"{path}: format is {meta.get('format')!r}, not {FORMAT_NAME!r}")
     if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
@@ -567,41 +610,6 @@ def _check_meta(path: str | None) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- writing
-@contextlib.contextmanager
-def atomic_directory(dest: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yields a fresh sibling directory of ``dest`` that replaces ``dest`` on success.
-
-    A non-empty existing ``dest`` is refused (FileExistsError) unless ``overwrite``. On any
-    error the temporary directory is removed and ``dest`` is left as it was.
-    """
-    dest = Path(dest).absolute()
-    if dest.exists() or dest.is_symlink():
-        if not dest.is_dir():
-            raise FileExistsError(f"{dest} exists and is not a directory")
-        if any(dest.iterdir()) and not overwrite:
-            raise FileExistsError(f"{dest} exists and is not empty (overwrite to replace it)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # os.mkdir (not mkdtemp, which makes it 0700) so the result gets the usual permissions.
-    tmp = dest.parent / f".{dest.name}.tmp-{secrets.token_hex(4)}"
-    os.mkdir(tmp)
-    try:
-        yield tmp
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{secrets.token_hex(4)}"
-            os.rename(dest, old)
-            try:
-                os.rename(tmp, dest)
-            except BaseException:
-                os.rename(old, dest)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _architectures(heads: Sequence[str], hf_config: Mapping[str, Any]) -> tuple[str, ...]:
     """The source's architecture if its weights are all there, else the most complete."""
     by_class = {HEADS[h].__name__: h for h in heads}
@@ -689,33 +697,30 @@ def _dtype_name(params: Mapping[str, np.ndarray]) -> str | None:
     return names.pop() if len(names) == 1 else None
 
 
-def convert(
-    src: str | os.PathLike | hub.ModelFiles,
-    dest: str | os.PathLike,
-    to: str = "albert_jax",
-    *,
-    overwrite: bool = False,
-) -> str:
-    """Converts a checkpoint; returns ``dest``.
-
-    ``src``: a hub name, a Hugging Face, albert_jax or Google TF checkpoint directory (or
-    resolved files, e.g. :func:`albert_jax.tf_checkpoint.resolve_files`). ``to``:
-    ``"albert_jax"`` (the format in this module's docstring) or ``"hf"`` (``config.json``,
-    ``model.safetensors`` with Hugging Face names and PyTorch layout, tokenizer files), which
-    ``transformers`` loads with its ``from_pretrained``. Every tensor is kept, in its dtype.
-
-    ``dest`` is written atomically (a temporary sibling renamed at the end); an existing
-    non-empty ``dest`` raises FileExistsError unless ``overwrite``.
-    """
+def check_destination(dest: str | os.PathLike, to: str, *, overwrite: bool = False) -> None:
+    """Refuses a bad ``to`` or a ``dest`` that holds something (unless ``overwrite``); run
+    before reading the source, which may be slow."""
     if to not in CONVERT_TARGETS:
         raise ValueError(f"to must be one of {CONVERT_TARGETS}, got {to!r}")
     dest_path = Path(dest)
     if dest_path.exists() and not dest_path.is_dir():
         raise FileExistsError(f"{dest_path} exists and is not a directory")
     if dest_path.is_dir() and any(dest_path.iterdir()) and not overwrite:
-        # Checked before reading src, which may be slow.
-        raise FileExistsError(f"{dest_path} exists and is not empty (overwrite to replace it)")
-    ckpt = read_checkpoint(src)
+        raise FileExistsError(f"{dest_path} exists and is not empty (--overwrite to replace it)")
+
+
+def write_checkpoint(
+    ckpt: Checkpoint, dest: str | os.PathLike, to: str = "albert_jax", *, overwrite: bool = False
+) -> str:
+    """Writes a checkpoint read into memory as ``to``: ``"albert_jax"`` (the format in this
+    module's docstring) or ``"hf"`` (``config.json``, ``model.safetensors`` with Hugging Face
+    names and PyTorch layout, tokenizer files), which ``transformers`` loads with its
+    ``from_pretrained``. Every tensor is kept, in its dtype.
+
+    ``dest`` is written atomically (a temporary sibling renamed at the end); an existing
+    non-empty ``dest`` raises FileExistsError unless ``overwrite``. Returns ``dest``.
+    """
+    check_destination(dest, to, overwrite=overwrite)
     ckpt.validate()
     heads = ckpt.heads()
     architectures = _architectures(heads, ckpt.hf_config)

@@ -6,22 +6,32 @@ and a target id where the step needs them) and hands *groups* of rows to
 :meth:`Engine.stream`. The engine
 
 1. takes a window of groups (``window`` rows at least, in input order), sorts its rows by
-   length and packs them into batches whose shapes come from a fixed set: ``length_buckets``
-   (capped at the model's ``max_position_embeddings``) x ``batch_buckets`` (powers of two
-   up to ``batch_size``, every one a multiple of the data-parallel size ``data * fsdp``);
-   padded rows are dummy sequences that attend to one token and whose outputs are dropped,
-   so a run compiles at most once per (step, rows, length) it uses
-   (:attr:`Engine.num_traces` counts the traces);
+   length and packs them into batches (:mod:`albert_jax.batching`) whose shapes come from
+   a small set: by default the fixed ladder ``length_buckets`` (capped at the model's
+   ``max_position_embeddings``) x ``batch_buckets`` (powers of two up to ``batch_size``,
+   every one a multiple of the data-parallel size ``data * fsdp``); with
+   ``max_batch_tokens`` a batch holds as many rows as fit the token budget (short
+   sequences in large batches, long ones in small); when the workload is known,
+   :meth:`Engine.plan` picks at most a few of the ladder's lengths that minimise padded
+   compute plus compile time. Padded rows are dummy sequences that attend to one token
+   and whose outputs are dropped, so a run compiles at most once per (step, rows, length)
+   it uses (:attr:`Engine.num_traces` counts the traces);
 2. runs one ``jax.jit`` step with ``in_shardings`` / ``out_shardings`` on a
    ``(data, fsdp, tensor)`` mesh: parameters placed by their logical axis names
    (:data:`albert_jax.sharding.LOGICAL_AXIS_RULES`: replicated when ``fsdp = tensor = 1``,
-   heads / FFN / vocabulary split over ``tensor``), batches split over ``data`` x ``fsdp``;
-3. yields each group's outputs (one array, rows stacked) in input order, window by window,
-   so memory stays bounded and results stream.
+   heads / FFN / vocabulary split over ``tensor``), batches split over ``data`` x ``fsdp``.
+   Steps are dispatched asynchronously: batch k+1 is padded and sent while the device
+   runs batch k, and results are copied to the host only ``pipeline_depth`` batches later;
+3. yields each group's outputs (one array, rows stacked) in input order as soon as the
+   group and every group before it are complete, so memory stays bounded and results
+   stream; ``progress`` is told after each batch how many groups it completed.
 
 Steps (the ``kind`` argument):
 
 - ``"probs"``: [V] softmax of the MLM logits at ``row.position`` (masked-LM model);
+- ``"topk"``: the ``top_k`` best (probability [k], id [k]) at ``row.position``, chosen on
+  the device with ``lax.top_k`` (over ``candidates`` ids only, when given), so the host
+  receives k ids and scores per row instead of V probabilities;
 - ``"logprob"``: the log-probability of ``row.target`` at ``row.position`` (scalar);
 - ``"pooled"``, ``"cls"``, ``"mean"``: [H] pooler output, [CLS] hidden state, or mean of the
   last hidden states over the attended tokens (base model, ``head="base"``).
@@ -31,37 +41,57 @@ Outputs are float32 whatever the compute dtype (the model config's ``dtype``).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
+from albert_jax.batching import (
+    Batch,
+    Plan,
+    bucket_for,
+    fixed_batches,
+    plan_length_buckets,
+    planned_batches,
+)
 from albert_jax.sharding import LOGICAL_AXIS_RULES, batch_sharding, make_mesh, param_shardings
+
+__all__ = [
+    "DEFAULT_BATCH_BUCKETS",
+    "DEFAULT_LENGTH_BUCKETS",
+    "STEP_KINDS",
+    "Engine",
+    "EngineOptions",
+    "Row",
+    "bucket_for",
+    "enable_compilation_cache",
+]
 
 DEFAULT_LENGTH_BUCKETS = (16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512)
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-STEP_KINDS = ("probs", "logprob", "pooled", "cls", "mean")
-
-
-def bucket_for(n: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket >= n (buckets sorted ascending); ValueError if none fits."""
-    for b in buckets:
-        if b >= n:
-            return b
-    raise ValueError(f"{n} exceeds the largest bucket {buckets[-1]}")
+STEP_KINDS = ("probs", "topk", "logprob", "pooled", "cls", "mean")
+# Plan cost model: sustained matmul rate (FLOP/s) and seconds to compile one step shape,
+# per backend. Rough on purpose: the plan only needs the ratio of the two right to within
+# a factor of ~2 (measured: albert-base-v2 fill-mask step, 2 shared AVX2 cores).
+_PLAN_FLOPS = {"cpu": 1.5e11, "gpu": 2e14, "tpu": 1e14}
+_PLAN_COMPILE_S = {"cpu": 2.0, "gpu": 3.0, "tpu": 3.0}
 
 
 def enable_compilation_cache(directory: str | os.PathLike) -> None:
-    """Opt-in persistent XLA compilation cache: later processes reuse compiled steps."""
-    os.makedirs(directory, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", os.fspath(directory))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    """Opt-in persistent XLA compilation cache: later processes reuse compiled steps.
+
+    See :mod:`albert_jax.compile_cache` (damaged entries are ignored with a warning).
+    """
+    from albert_jax.compile_cache import enable
+
+    enable(directory)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +111,10 @@ class EngineOptions:
     defaults to ``jax.devices()``. ``max_length`` caps the length buckets (default: the
     model's ``max_position_embeddings``). ``window``: rows sorted together before results
     are yielded (bounded memory for streams). ``cache_dir``: enables the persistent
-    compilation cache there.
+    compilation cache there. ``max_batch_tokens``: a token budget per batch (rows x padded
+    length); ``batch_size`` stays the most rows a batch may hold. ``pipeline_depth``:
+    batches in flight on the device before the oldest result is copied back.
+    ``plan_max_shapes``: the most step shapes :meth:`Engine.plan` may choose.
     """
 
     batch_size: int = 32
@@ -93,6 +126,13 @@ class EngineOptions:
     devices: Sequence[Any] | None = None
     window: int = 4096
     cache_dir: str | None = None
+    max_batch_tokens: int | None = None
+    pipeline_depth: int = 2
+    plan_max_shapes: int = 4
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 class Engine:
@@ -101,12 +141,20 @@ class Engine:
     def __init__(self, model: nn.Module, params: Any, options: EngineOptions | None = None,
                  **kwargs: Any) -> None:
         opts = dataclasses.replace(options or EngineOptions(), **kwargs)
-        if opts.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {opts.batch_size}")
+        for name in ("batch_size", "window", "pipeline_depth", "plan_max_shapes"):
+            value = getattr(opts, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if opts.max_batch_tokens is not None and (
+            not _is_int(opts.max_batch_tokens) or opts.max_batch_tokens < 1
+        ):
+            raise ValueError(
+                f"max_batch_tokens must be a positive integer, got {opts.max_batch_tokens!r}")
         if opts.cache_dir:
             enable_compilation_cache(opts.cache_dir)
         self.model = model
         self.options = opts
+        self.vocab_size = model.config.vocab_size
         limit = model.config.max_position_embeddings
         if opts.max_length is not None:
             if not 1 <= opts.max_length <= limit:
@@ -128,26 +176,36 @@ class Engine:
         smaller = [b for b in DEFAULT_BATCH_BUCKETS if b < opts.batch_size]
         self.batch_buckets = tuple(sorted({round_up(b) for b in (*smaller, opts.batch_size)}))
         self.batch_size = self.batch_buckets[-1]
+        self.max_batch_tokens = opts.max_batch_tokens
+        self._plan: Plan | None = None
+        # (process index, process count): the default ``part`` of :meth:`stream`.
+        self.process_part: tuple[int, int] | None = None
 
         # Parameters: unboxed, placed by their logical names.
         self._param_shardings = param_shardings(params, self.mesh)
         self.params = jax.device_put(nn.meta.unbox(params), self._param_shardings)
         self.num_traces = 0  # Traces (= compilations) of all steps: tests bound it.
-        self._steps: dict[str, Any] = {}
+        self._steps: dict[tuple, Any] = {}
 
     # ---------------------------------------------------------------- device steps
-    def _step_fn(self, kind: str):
+    def _step_fn(self, kind: str, top_k: int):
         model = self.model
 
-        def step(params, ids, mask, position, target):
+        def step(params, ids, mask, position, target, candidates=None):
             self.num_traces += 1
             with nn.logical_axis_rules(LOGICAL_AXIS_RULES):
-                if kind in ("probs", "logprob"):
+                if kind in ("probs", "logprob", "topk"):
                     logits = model.apply(params, ids, mask,
                                          masked_positions=position[:, None]).logits[:, 0, :]
                     logits = logits.astype(jnp.float32)
                     if kind == "probs":
                         return jax.nn.softmax(logits, axis=-1)
+                    if kind == "topk":
+                        probs = jax.nn.softmax(logits, axis=-1)
+                        if candidates is None:
+                            return tuple(jax.lax.top_k(probs, top_k))
+                        scores, index = jax.lax.top_k(probs[:, candidates], top_k)
+                        return scores, candidates[index]
                     logp = jax.nn.log_softmax(logits, axis=-1)
                     return jnp.take_along_axis(logp, target[:, None], axis=1)[:, 0]
                 out = model.apply(params, ids, mask)
@@ -161,24 +219,45 @@ class Engine:
 
         return step
 
-    def _step(self, kind: str):
+    def _step(self, kind: str, top_k: int = 0, with_candidates: bool = False):
+        key = (kind, top_k, with_candidates)
+        if key not in self._steps:
+            rows2, rows1 = batch_sharding(self.mesh, 2), batch_sharding(self.mesh, 1)
+            out: Any = rows1 if kind == "logprob" else rows2
+            in_shardings: tuple = (self._param_shardings, rows2, rows2, rows1, rows1)
+            if kind == "topk":
+                out = (rows2, rows2)
+                if with_candidates:
+                    in_shardings += (NamedSharding(self.mesh, PartitionSpec()),)
+            self._steps[key] = jax.jit(self._step_fn(kind, top_k),
+                                       in_shardings=in_shardings, out_shardings=out)
+        return self._steps[key]
+
+    def _check_kind(self, kind: str, top_k: int | None, candidates: Any) -> np.ndarray | None:
+        """Validates the step arguments; the candidate ids as int32 (or None)."""
         if kind not in STEP_KINDS:
             raise ValueError(f"unknown step {kind!r} (choose from {', '.join(STEP_KINDS)})")
-        if kind not in self._steps:
-            rows2, rows1 = batch_sharding(self.mesh, 2), batch_sharding(self.mesh, 1)
-            out = rows1 if kind == "logprob" else rows2
-            self._steps[kind] = jax.jit(
-                self._step_fn(kind),
-                in_shardings=(self._param_shardings, rows2, rows2, rows1, rows1),
-                out_shardings=out,
-            )
-        return self._steps[kind]
+        if kind != "topk":
+            if top_k is not None or candidates is not None:
+                raise ValueError(f"top_k and candidates apply to the 'topk' step, not {kind!r}")
+            return None
+        if not _is_int(top_k) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        if candidates is None:
+            return None  # top_k above the vocabulary size is clipped to it.
+        cand = np.asarray(candidates)
+        if cand.ndim != 1 or cand.size == 0 or cand.dtype.kind not in "iu":
+            raise TypeError("candidates must be a non-empty 1-D sequence of integer token ids")
+        if cand.min() < 0 or cand.max() >= self.vocab_size:
+            bad = int(cand[(cand < 0) | (cand >= self.vocab_size)][0])
+            raise ValueError(f"candidates: token id {bad} is outside the vocabulary "
+                             f"0..{self.vocab_size - 1}")
+        return cand.astype(np.int32)
 
-    def run_batch(self, kind: str, rows: Sequence[Row]) -> np.ndarray:
-        """Outputs of up to ``batch_size`` rows, padded to a bucket shape: [len(rows), ...]."""
+    def _dispatch(self, kind: str, rows: Sequence[Row], num: int, length: int,
+                  top_k: int, candidates: np.ndarray | None) -> Any:
+        """Pads ``rows`` to [num, length] and starts the step (asynchronously)."""
         n = len(rows)
-        num = bucket_for(n, self.batch_buckets)
-        length = bucket_for(max(len(r.ids) for r in rows), self.length_buckets)
         ids = np.zeros((num, length), dtype=np.int32)  # Pad id 0; padded keys masked out.
         mask = np.zeros((num, length), dtype=np.int32)
         position = np.zeros((num,), dtype=np.int32)
@@ -189,56 +268,270 @@ class Engine:
             position[r] = row.position
             target[r] = row.target
         mask[n:, 0] = 1  # Dummy rows attend to one token: no all-masked softmax.
+        k = 0
+        if kind == "topk":
+            k = min(top_k, self.vocab_size if candidates is None else len(candidates))
+        step = self._step(kind, k, candidates is not None)
+        args = (self.params, ids, mask, position, target)
+        if candidates is not None:
+            args += (candidates,)
         with jax.set_mesh(self.mesh):
-            out = self._step(kind)(self.params, ids, mask, position, target)
-        return np.asarray(out)[:n]
+            return step(*args)
+
+    @staticmethod
+    def _fetch(out: Any, n: int) -> Any:
+        """Device outputs -> numpy, dummy rows dropped (blocks until the step is done)."""
+        return jax.tree.map(lambda a: np.asarray(a)[:n], out)
+
+    def run_batch(self, kind: str, rows: Sequence[Row], *, top_k: int | None = None,
+                  candidates: Sequence[int] | None = None) -> Any:
+        """Outputs of up to ``batch_size`` rows, padded to a bucket shape: [len(rows), ...]
+        (for ``"topk"`` a pair (scores [len(rows), k], ids [len(rows), k]))."""
+        cand = self._check_kind(kind, top_k, candidates)
+        rows = self._check_rows(rows)
+        if not rows:
+            raise ValueError("rows: at least one row is needed")
+        n = len(rows)
+        if n > self.batch_size:
+            raise ValueError(f"rows: {n} rows exceed batch_size={self.batch_size}")
+        num = bucket_for(n, self.batch_buckets)
+        length = bucket_for(max(len(r.ids) for r in rows), self.length_buckets)
+        return self._fetch(self._dispatch(kind, rows, num, length, top_k or 0, cand), n)
 
     # ---------------------------------------------------------------- host side
-    def check(self, ids: Sequence[int]) -> None:
-        """ValueError when a sequence is empty or longer than the engine accepts."""
-        if not ids:
+    def check(self, ids: Sequence[int], position: int | None = None,
+              target: int | None = None) -> None:
+        """ValueError/TypeError naming the argument when a sequence is empty, longer than
+        the engine accepts, holds ids outside the vocabulary, or its position (index into
+        ids) or target (a vocabulary id) is out of range."""
+        if isinstance(ids, (str, bytes, Mapping)) or not hasattr(ids, "__len__"):
+            raise TypeError(f"ids must be a sequence of integer token ids, got "
+                            f"{type(ids).__name__}")
+        if len(ids) == 0:
             raise ValueError("empty sequence")
         if len(ids) > self.max_length:
             raise ValueError(f"{len(ids)} tokens long; at most {self.max_length} are accepted")
+        arr = np.asarray(ids)
+        if arr.ndim != 1 or arr.dtype.kind not in "iu":
+            raise TypeError("ids must be a sequence of integer token ids")
+        low, high = int(arr.min()), int(arr.max())
+        if low < 0 or high >= self.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"ids: token id {bad} is outside the vocabulary "
+                             f"0..{self.vocab_size - 1}")
+        if position is not None:
+            if not _is_int(position):
+                raise TypeError(f"position must be an integer, got {type(position).__name__}")
+            if not 0 <= position < len(ids):
+                raise ValueError(f"position {position} is outside the sequence "
+                                 f"(0..{len(ids) - 1})")
+        if target is not None:
+            if not _is_int(target):
+                raise TypeError(f"target must be an integer, got {type(target).__name__}")
+            if not 0 <= target < self.vocab_size:
+                raise ValueError(f"target {target} is outside the vocabulary "
+                                 f"0..{self.vocab_size - 1}")
 
-    def _run_window(self, kind: str, groups: list[Sequence[Row]]) -> list[np.ndarray]:
+    def _check_rows(self, rows: Any) -> list[Row]:
+        if isinstance(rows, (Row, Mapping, str, bytes)) or not isinstance(rows, Iterable):
+            raise TypeError(f"a group must be a sequence of Row, got {type(rows).__name__}")
+        rows = list(rows)
+        for row in rows:
+            if not isinstance(row, Row):
+                raise TypeError(f"rows must be Row instances, got {type(row).__name__}")
+            self.check(row.ids, row.position, row.target)
+        return rows
+
+    # ---------------------------------------------------------------- shape plans
+    def _row_seconds(self, length: int, kind_flops: float) -> float:
+        cfg = self.model.config
+        h, i = cfg.hidden_size, cfg.intermediate_size
+        per_layer = 2 * length * (4 * h * h + 2 * h * i) + 4 * length * length * h
+        flops = cfg.num_hidden_layers * per_layer + 2 * length * cfg.embedding_size * h
+        platform = self.mesh.devices.flat[0].platform
+        rate = _PLAN_FLOPS.get(platform, _PLAN_FLOPS["gpu"]) * self.mesh.devices.size
+        return (flops + kind_flops) / rate
+
+    def plan(self, lengths: Sequence[int], *, compile_seconds: float | None = None,
+             max_shapes: int | None = None) -> Plan:
+        """Chooses the length buckets for a known workload (the lengths of every row it
+        will run) and uses them from now on (until :meth:`clear_plan`).
+
+        At most ``max_shapes`` (default ``options.plan_max_shapes``) step shapes, picked
+        from the ladder to minimise padded compute plus ``compile_seconds`` per shape
+        (default: an estimate for the backend). Rows longer than the plan (a later,
+        different workload) fall back to the fixed ladder.
+        """
+        cfg = self.model.config
+        head = 2 * (cfg.hidden_size * cfg.embedding_size
+                    + cfg.embedding_size * cfg.vocab_size)  # MLM projection at one position.
+        platform = self.mesh.devices.flat[0].platform
+        plan = plan_length_buckets(
+            [min(n, self.max_length) for n in lengths], self.length_buckets,
+            self.batch_buckets, max_batch_tokens=self.max_batch_tokens,
+            max_shapes=max_shapes or self.options.plan_max_shapes,
+            row_seconds=lambda n: self._row_seconds(n, head),
+            compile_seconds=(compile_seconds if compile_seconds is not None
+                             else _PLAN_COMPILE_S.get(platform, 3.0)),
+        )
+        self._plan = plan if plan.rows else None
+        return plan
+
+    def clear_plan(self) -> None:
+        """Back to the fixed ladder of shapes."""
+        self._plan = None
+
+    def _batches(self, sorted_lengths: Sequence[int]) -> list[Batch]:
+        plan = self._plan
+        if plan is not None and sorted_lengths and sorted_lengths[-1] <= plan.length_buckets[-1]:
+            return planned_batches(sorted_lengths, plan, self.batch_buckets)
+        return fixed_batches(sorted_lengths, self.length_buckets, self.batch_buckets,
+                             self.max_batch_tokens)
+
+    # ---------------------------------------------------------------- streaming
+    def _row_outputs(self, kind: str, top_k: int, candidates: np.ndarray | None) -> Any:
+        """One row's output shape and dtype, as a tree like the step's."""
+        cfg = self.model.config
+        sds = jax.ShapeDtypeStruct
+        if kind == "topk":
+            k = min(top_k, cfg.vocab_size if candidates is None else len(candidates))
+            return (sds((k,), np.float32), sds((k,), np.int32))
+        return {"probs": sds((cfg.vocab_size,), np.float32), "logprob": sds((), np.float32)}.get(
+            kind, sds((cfg.hidden_size,), np.float32))
+
+    def _run_shared(self, kind: str, flat: list, order: list[int], batches: list[Batch],
+                    top_k: int, candidates: np.ndarray | None, part: tuple[int, int],
+                    results: list[Any]) -> None:
+        """Runs this process's batches (every ``part[1]``-th, from ``part[0]``) and fills
+        ``results`` with every row's output, gathered from all processes."""
+        from albert_jax import multihost
+
+        index, count = part
+        spec = self._row_outputs(kind, top_k, candidates)
+        local = jax.tree.map(lambda sd: np.zeros((len(flat), *sd.shape), np.float32), spec)
+        owner = np.zeros(len(flat), np.int64)
+        mine = []
+        for b, batch in enumerate(batches):
+            chunk = order[batch.start: batch.stop]
+            owner[chunk] = b % count
+            if b % count == index:
+                rows = [flat[i][1] for i in chunk]
+                mine.append((chunk, self._dispatch(kind, rows, batch.rows, batch.length,
+                                                   top_k, candidates)))
+        for chunk, out in mine:
+            host = self._fetch(out, len(chunk))
+            jax.tree.map(lambda dst, src, chunk=chunk: dst.__setitem__(chunk, src), local, host)
+        # Every process's rows, then each row from the process that ran it. Token ids
+        # (< 2^24) pass through float32 exactly.
+        gathered = jax.tree.map(
+            lambda a: multihost.gather_rows(a.reshape(1, *a.shape))[owner, np.arange(len(flat))],
+            local)
+        gathered = jax.tree.map(lambda a, sd: a.astype(sd.dtype), gathered, spec)
+        for i in range(len(flat)):
+            results[i] = jax.tree.map(lambda a, i=i: a[i], gathered)
+
+    def _run_window(self, kind: str, groups: list[list[Row]], top_k: int,
+                    candidates: np.ndarray | None,
+                    progress: Callable[[int], None] | None,
+                    part: tuple[int, int] | None = None) -> Iterator[Any]:
         flat = [(g, row) for g, rows in enumerate(groups) for row in rows]
-        for _, row in flat:
-            self.check(row.ids)
         order = sorted(range(len(flat)), key=lambda i: len(flat[i][1].ids))
+        batches = self._batches([len(flat[i][1].ids) for i in order])
         results: list[Any] = [None] * len(flat)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            out = self.run_batch(kind, [flat[i][1] for i in chunk])
-            for j, i in enumerate(chunk):
-                results[i] = out[j]
-        per_group: list[list[np.ndarray]] = [[] for _ in groups]
-        for (g, _), res in zip(flat, results, strict=True):
-            per_group[g].append(res)
-        return [np.stack(p) if p else np.zeros((0,), np.float32) for p in per_group]
+        remaining = [len(rows) for rows in groups]
+        first = [0] * len(groups)  # Index in `flat` of each group's first row.
+        for idx in range(len(flat) - 1, -1, -1):
+            first[flat[idx][0]] = idx
+        done = 0  # Groups yielded so far (a prefix of the window).
+        pending: collections.deque = collections.deque()
 
-    def stream(self, kind: str, groups: Iterable[Sequence[Row]]) -> Iterator[np.ndarray]:
-        """Yields, for each group of rows in input order, its outputs stacked: [rows, ...].
+        def finish() -> int:
+            chunk, out = pending.popleft()
+            host = self._fetch(out, len(chunk))
+            completed = 0
+            for j, i in enumerate(chunk):
+                results[i] = jax.tree.map(lambda a, j=j: a[j], host)
+                g = flat[i][0]
+                remaining[g] -= 1
+                completed += remaining[g] == 0
+            if progress is not None and completed:
+                progress(completed)
+            return completed
+
+        def ready() -> Iterator[Any]:
+            nonlocal done
+            while done < len(groups) and remaining[done] == 0:
+                n = len(groups[done])
+                outs = results[first[done]: first[done] + n] if n else []
+                yield (jax.tree.map(lambda *xs: np.stack(xs), *outs) if outs
+                       else np.zeros((0,), np.float32))
+                for i in range(first[done], first[done] + n):
+                    results[i] = None  # Yielded: free it.
+                done += 1
+
+        yield from ready()  # Empty groups at the front.
+        if part is not None:
+            self._run_shared(kind, flat, order, batches, top_k, candidates, part, results)
+            remaining = [0] * len(groups)
+            if progress is not None and groups:
+                progress(len(groups))
+            batches = []
+        for batch in batches:
+            chunk = order[batch.start: batch.stop]
+            rows = [flat[i][1] for i in chunk]
+            pending.append((chunk, self._dispatch(kind, rows, batch.rows, batch.length,
+                                                  top_k, candidates)))
+            if len(pending) > self.options.pipeline_depth:
+                finish()
+                yield from ready()
+        while pending:
+            finish()
+            yield from ready()
+        yield from ready()
+
+    def stream(self, kind: str, groups: Iterable[Sequence[Row]], *, top_k: int | None = None,
+               candidates: Sequence[int] | None = None,
+               progress: Callable[[int], None] | None = None,
+               part: tuple[int, int] | None = None) -> Iterator[Any]:
+        """Yields, for each group of rows in input order, its outputs stacked: [rows, ...]
+        (``"topk"``: a pair (scores [rows, k], ids [rows, k]), best first).
+
+        ``part=(process_index, process_count)``: every process passes the same groups and
+        runs only its share of each window's batches (every count-th); the outputs are
+        exchanged through JAX's collectives (:mod:`albert_jax.multihost`), so every
+        process yields all of them, each computed in exactly the batch a single process
+        would have used (the same numbers, bit for bit).
 
         Rows are sorted and batched across groups within windows of ``options.window``
-        rows; a group is never split between windows.
+        rows; a group is never split between windows. A group is yielded as soon as it
+        and every earlier group are complete; ``progress(n)`` is called after each batch
+        with the number of groups it completed (in any order). TypeError for a group that
+        is not a sequence of :class:`Row`, ValueError naming the bad argument otherwise.
         """
-        window: list[Sequence[Row]] = []
+        cand = self._check_kind(kind, top_k, candidates)
+        part = part if part is not None else self.process_part
+        if isinstance(groups, (Mapping, str, bytes)) or not isinstance(groups, Iterable):
+            raise TypeError(f"groups must be an iterable of sequences of Row, got "
+                            f"{type(groups).__name__}")
+        window: list[list[Row]] = []
         size = 0
         for group in groups:
-            window.append(group)
-            size += len(group)
+            window.append(self._check_rows(group))
+            size += len(window[-1])
             if size >= self.options.window:
-                yield from self._run_window(kind, window)
+                yield from self._run_window(kind, window, top_k or 0, cand, progress, part)
                 window, size = [], 0
         if window:
-            yield from self._run_window(kind, window)
+            yield from self._run_window(kind, window, top_k or 0, cand, progress, part)
 
-    def run(self, kind: str, groups: Iterable[Sequence[Row]]) -> list[np.ndarray]:
+    def run(self, kind: str, groups: Iterable[Sequence[Row]], **kwargs: Any) -> list[Any]:
         """:meth:`stream` as a list."""
-        return list(self.stream(kind, groups))
+        return list(self.stream(kind, groups, **kwargs))
 
-    def run_rows(self, kind: str, rows: Sequence[Row]) -> np.ndarray:
+    def run_rows(self, kind: str, rows: Sequence[Row], **kwargs: Any) -> Any:
         """One output per row, in input order: [len(rows), ...]."""
-        outs = self.run(kind, ([row] for row in rows))
-        return np.stack([o[0] for o in outs]) if outs else np.zeros((0,), np.float32)
+        rows = self._check_rows(rows)
+        outs = self.run(kind, ([row] for row in rows), **kwargs)
+        if not outs:
+            return np.zeros((0,), np.float32)
+        return jax.tree.map(lambda *xs: np.stack([x[0] for x in xs]), *outs)

@@ -14,7 +14,9 @@ takes effect.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import os
+import re
 from typing import Any
 
 # Weight files in order of preference: safetensors needs no torch and cannot run code.
@@ -30,6 +32,9 @@ CONFIG_FILE = "config.json"
 TOKENIZER_FILE = "spiece.model"
 # Tokenizer files copied along when converting (spiece.model is the one that matters).
 TOKENIZER_FILES = (TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json")
+# Google's TF releases: their config, and their SentencePiece model names (30k-clean.model).
+TF_CONFIG_FILE = "albert_config.json"
+TF_TOKENIZER_FILES = ("30k-clean.model", TOKENIZER_FILE)
 
 # Models shipped inside the package (package data), resolved before any cache or network.
 PACKAGED_MODELS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
@@ -315,10 +320,8 @@ def resolve_model_files(name_or_path: str | os.PathLike) -> ModelFiles:
     """
     name = os.fspath(name_or_path)
     name = packaged_model_dir(name) or name
-    from albert_jax import tf_checkpoint  # Google's TF checkpoints (format "tf").
-
-    if tf_checkpoint.is_tf_checkpoint(name):
-        return tf_checkpoint.resolve_files(name)
+    if is_tf_checkpoint(name):
+        return resolve_tf_files(name)
     if os.path.exists(name):
         return _local_files(name)
 
@@ -444,10 +447,160 @@ def _local_files(path: str) -> ModelFiles:
 
 
 def _shard_names(index_path: str) -> list[str]:
-    """The shard file names listed by a ``*.index.json`` weight map, in order."""
+    """The shard file names listed by a ``*.index.json`` weight map, in order.
+
+    Raises :class:`~albert_jax.errors.ConversionError` naming the file and the field when
+    the index is unreadable or malformed; a shard must be a plain file name in the index's
+    own directory (never a path that reaches elsewhere).
+    """
     import json
 
-    with open(index_path, encoding="utf-8") as f:
-        weight_map = json.load(f)["weight_map"]
-    return sorted(set(weight_map.values()))
+    from albert_jax.errors import ConversionError
 
+    try:
+        with open(index_path, "rb") as f:
+            index = json.loads(f.read().decode("utf-8"))
+    except OSError as e:
+        raise ConversionError(f"{index_path}: cannot read it ({e.strerror or e})") from None
+    except ValueError as e:  # Not UTF-8, or not JSON.
+        raise ConversionError(f"{index_path} is not valid JSON ({e})") from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ConversionError(
+            f"{index_path}: no weight_map (an object mapping each tensor name to its shard "
+            "file)")
+    shards = set()
+    for tensor, shard in weight_map.items():
+        if (not isinstance(shard, str) or shard in ("", ".", "..")
+                or os.path.basename(shard) != shard or "\\" in shard):
+            raise ConversionError(
+                f"{index_path}: weight_map[{tensor!r:.80}] must be a file name beside the "
+                f"index, got {shard!r:.80}")
+        shards.add(shard)
+    return sorted(shards)
+
+
+# ------------------------------------------------ Google TF checkpoints (format "tf")
+def _prefix_of(path: str) -> str:
+    """A checkpoint prefix from the prefix itself or any of its files."""
+    for pattern in (r"\.index$", r"\.data-\d+-of-\d+$", r"\.meta$"):
+        stripped = re.sub(pattern, "", path)
+        if stripped != path:
+            return stripped
+    return path
+
+
+def is_tf_checkpoint(name_or_path: str | os.PathLike) -> bool:
+    """Whether a local path is a Google TF checkpoint (a directory without ``config.json``
+    holding ``albert_config.json`` or a checkpoint; or a checkpoint prefix or file).
+    Never raises."""
+    path = os.fspath(name_or_path)
+    try:
+        if os.path.isdir(path):
+            return not os.path.isfile(os.path.join(path, CONFIG_FILE)) and (
+                os.path.isfile(os.path.join(path, TF_CONFIG_FILE))
+                or bool(glob.glob(os.path.join(glob.escape(path), "*.index")))
+                or os.path.isfile(os.path.join(path, "variables", "variables.index"))
+            )
+        return os.path.isfile(_prefix_of(path) + ".index")
+    except (OSError, ValueError):
+        return False
+
+
+def _state_file_prefix(directory: str) -> str | None:
+    """The checkpoint a ``checkpoint`` state file (TF's Saver writes one) names, if any."""
+    state = os.path.join(directory, "checkpoint")
+    try:
+        with open(state, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+    match = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', text, re.MULTILINE)
+    if match is None:
+        return None
+    prefix = os.path.join(directory, match.group(1))  # Relative to the directory, or absolute.
+    return prefix if os.path.isfile(prefix + ".index") else None
+
+
+def _find_prefix(directory: str) -> str:
+    prefix = _state_file_prefix(directory)
+    if prefix is not None:
+        return prefix
+    indexes = sorted(glob.glob(os.path.join(glob.escape(directory), "*.index")))
+    if not indexes:
+        hub_layout = os.path.join(directory, "variables", "variables")
+        if os.path.isfile(hub_layout + ".index"):
+            return hub_layout
+        raise ModelNotFoundError(
+            f"{directory}: no TensorFlow checkpoint (no *.index file)"
+        )
+    if len(indexes) > 1:
+        names = ", ".join(os.path.basename(_prefix_of(p)) for p in indexes)
+        raise ModelNotFoundError(
+            f"{directory} holds several checkpoints ({names}) and no 'checkpoint' file "
+            "naming one: pass the prefix of one, e.g. "
+            f"{os.path.join(directory, os.path.basename(_prefix_of(indexes[-1])))}"
+        )
+    return _prefix_of(indexes[0])
+
+
+def _first_file(directories: list[str], names: tuple[str, ...]) -> str | None:
+    for directory in directories:
+        for name in names:
+            path = os.path.join(directory, name)
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def resolve_tf_files(
+    src: str | os.PathLike,
+    *,
+    config: str | os.PathLike | None = None,
+    spiece: str | os.PathLike | None = None,
+) -> ModelFiles:
+    """The files of a Google checkpoint, as :class:`ModelFiles` of format
+    ``"tf"`` (``weights``: the checkpoint prefix; ``config``: ``albert_config.json``;
+    ``tokenizer``: the SentencePiece model, or None).
+
+    ``src`` is a release directory or a checkpoint prefix (or one of its files);
+    ``config`` and ``spiece`` default to the files beside the checkpoint. Raises
+    :class:`ModelNotFoundError` naming what is missing.
+    """
+    path = os.fspath(src)
+    if os.path.isdir(path):
+        directory = path
+        prefix = _find_prefix(directory)
+    else:
+        prefix = _prefix_of(path)
+        if not os.path.isfile(prefix + ".index"):
+            raise ModelNotFoundError(
+                f"{path}: no TensorFlow checkpoint (no {os.path.basename(prefix)}.index)"
+            )
+        directory = os.path.dirname(prefix) or "."
+    if not glob.glob(glob.escape(prefix) + ".data-*"):
+        raise ModelNotFoundError(f"{prefix}.index has no data file ({prefix}.data-*)")
+    # Beside the checkpoint; for the TF-Hub layout (variables/variables) in ../assets.
+    near = [directory, os.path.dirname(os.path.dirname(prefix))]
+    near += [os.path.join(d, "assets") for d in list(near)]
+    near = list(dict.fromkeys(os.path.abspath(d) for d in near))
+    if config is not None:
+        config_path = os.fspath(config)
+        if not os.path.isfile(config_path):
+            raise ModelNotFoundError(f"{config_path}: no such file")
+    else:
+        config_path = _first_file(near, (TF_CONFIG_FILE, CONFIG_FILE))
+        if config_path is None:
+            raise ModelNotFoundError(
+                f"{directory}: no {TF_CONFIG_FILE} beside the checkpoint; pass the "
+                "model's config (albert-jax convert --config FILE)"
+            )
+    if spiece is not None:
+        spiece_path: str | None = os.fspath(spiece)
+        if not os.path.isfile(spiece_path):
+            raise ModelNotFoundError(f"{spiece_path}: no such file")
+    else:
+        spiece_path = _first_file(near, TF_TOKENIZER_FILES)
+    return ModelFiles(
+        name=path, config=config_path, weights=(prefix,), format="tf", tokenizer=spiece_path,
+    )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,17 @@ __all__ = [
 _ENGINE_KWARGS = frozenset(f.name for f in dataclasses.fields(EngineOptions))
 
 logger = logging.getLogger(__name__)
+
+
+def _as_texts(inputs: Any) -> tuple[bool, list]:
+    """(single, texts): a string, or a list (any iterable but a mapping) of them."""
+    if isinstance(inputs, str):
+        return True, [inputs]
+    if isinstance(inputs, (Mapping, bytes, bytearray)) or not isinstance(inputs, Iterable):
+        raise TypeError(f"inputs must be a string or a list of strings, got "
+                        f"{type(inputs).__name__}")
+    return False, list(inputs)
+
 
 class _Task:
     """Shared surface of the tasks: an :class:`Engine` over a model, and the tokenizer."""
@@ -91,11 +102,20 @@ class _Task:
 
     _task_kwargs: frozenset[str] = frozenset()
 
+    def row_lengths(self, prepared: Any) -> list[int]:
+        """Lengths of the engine rows one prepared input becomes."""
+        return [len(prepared)]
+
+    def plan(self, prepared: Iterable[Any], **kwargs: Any):
+        """Chooses the engine's step shapes for a known workload (every prepared input
+        that will run); see :meth:`albert_jax.engine.Engine.plan`."""
+        return self.engine.plan([n for p in prepared for n in self.row_lengths(p)], **kwargs)
+
     def encode(self, text: str, index: int | None = None) -> list[int]:
         """Token ids of ``text``; ValueError naming the input when empty or too long."""
         where = f"input {index} " if index is not None else "input "
         if not isinstance(text, str):
-            raise ValueError(f"{where}must be a string, got {type(text).__name__}")
+            raise TypeError(f"{where}must be a string, got {type(text).__name__}")
         ids = self.tokenizer.encode(text)
         if len(ids) <= 2:
             raise ValueError(f"{where}{text!r} is empty")
@@ -143,7 +163,7 @@ class FillMask(_Task):
         """Tokenises ``text``; ValueError naming the input unless it has exactly one mask."""
         where = f"input {index} " if index is not None else "input "
         if not isinstance(text, str):
-            raise ValueError(f"{where}must be a string, got {type(text).__name__}")
+            raise TypeError(f"{where}must be a string, got {type(text).__name__}")
         ids = self.tokenizer.encode(text)
         mask_id = self.tokenizer.mask_token_id
         count = ids.count(mask_id)
@@ -168,8 +188,13 @@ class FillMask(_Task):
         """
         if isinstance(targets, str):
             targets = [targets]
+        if isinstance(targets, (Mapping, bytes, bytearray)) or not isinstance(targets, Iterable):
+            raise TypeError(f"targets must be a string or a list of strings, got "
+                            f"{type(targets).__name__}")
         ids: list[int] = []
         for target in targets:
+            if not isinstance(target, str):
+                raise TypeError(f"targets must be strings, got {type(target).__name__}")
             tid = self.tokenizer.convert_tokens_to_ids(target)
             if self.tokenizer.convert_ids_to_tokens(tid) != target:
                 pieces = self.tokenizer.encode(target, add_special_tokens=False)
@@ -186,6 +211,9 @@ class FillMask(_Task):
             raise ValueError("at least one valid target must be given")
         return np.asarray(sorted(set(ids)), dtype=np.int64)
 
+    def row_lengths(self, prepared: _Prepared) -> list[int]:
+        return [len(prepared.ids)]
+
     def probabilities(self, prepared: Sequence[_Prepared]) -> np.ndarray:
         """[N, V] probabilities at the mask of each prepared input, in input order."""
         rows = [Row(p.ids, position=p.mask_index) for p in prepared]
@@ -197,6 +225,19 @@ class FillMask(_Task):
         for out in self.engine.stream("probs", groups):
             yield out[0]
 
+    def stream_top_k(
+        self, prepared: Iterable[_Prepared], top_k: int = 5,
+        targets: np.ndarray | None = None, progress: Callable[[int], None] | None = None,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(scores [k], ids [k]) best first for each prepared input, in input order, as soon
+        as it is ready; chosen on the device (over ``targets`` ids only when given), so
+        only k scores per input come back to the host. ``progress(n)``: see
+        :meth:`~albert_jax.engine.Engine.stream`."""
+        groups = ([Row(p.ids, position=p.mask_index)] for p in prepared)
+        for scores, ids in self.engine.stream("topk", groups, top_k=top_k,
+                                              candidates=targets, progress=progress):
+            yield scores[0], ids[0]
+
     def format(
         self, prepared: _Prepared, probs: np.ndarray, top_k: int, targets: np.ndarray | None
     ) -> list[dict]:
@@ -205,16 +246,21 @@ class FillMask(_Task):
         scores = probs[candidates]
         k = min(top_k, len(candidates))
         best = np.argsort(-scores, kind="stable")[:k]
+        return self.format_top_k(prepared, scores[best], candidates[best])
+
+    def format_top_k(self, prepared: _Prepared, scores: np.ndarray,
+                     ids: np.ndarray) -> list[dict]:
+        """transformers' fill-mask records for one input's best (scores [k], ids [k])."""
         results = []
-        for j in best:
-            token = int(candidates[j])
-            ids = list(prepared.ids)
-            ids[prepared.mask_index] = token
+        for score, token in zip(scores, ids, strict=True):
+            token = int(token)
+            filled = list(prepared.ids)
+            filled[prepared.mask_index] = token
             results.append({
-                "score": float(scores[j]),
+                "score": float(score),
                 "token": token,
                 "token_str": self.tokenizer.decode([token]),
-                "sequence": self.tokenizer.decode(ids, skip_special_tokens=True),
+                "sequence": self.tokenizer.decode(filled, skip_special_tokens=True),
             })
         return results
 
@@ -224,16 +270,16 @@ class FillMask(_Task):
         top_k: int = 5,
         targets: str | Sequence[str] | None = None,
     ) -> list[dict] | list[list[dict]]:
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+            raise TypeError(f"top_k must be an integer, got {type(top_k).__name__}")
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
-        single = isinstance(inputs, str)
-        texts = [inputs] if single else list(inputs)
+        single, texts = _as_texts(inputs)
         prepared = [self.prepare(t, None if single else i) for i, t in enumerate(texts)]
         target_ids = None if targets is None else self.target_ids(targets)
-        probs = self.probabilities(prepared) if prepared else None
-        results = [self.format(p, probs[i], top_k, target_ids) for i, p in enumerate(prepared)]
+        best = self.stream_top_k(prepared, top_k, target_ids)
+        results = [self.format_top_k(p, *next(best)) for p in prepared]
         return results[0] if single else results
-
 
 
 @dataclasses.dataclass
@@ -281,6 +327,9 @@ class PseudoLogLikelihood(_Task):
     def scored_positions(self, ids: Sequence[int]) -> list[int]:
         return [i for i, t in enumerate(ids) if t not in self._special]
 
+    def row_lengths(self, prepared: Sequence[int]) -> list[int]:
+        return [len(prepared)] * len(self.scored_positions(prepared))
+
     def rows(self, ids: Sequence[int]) -> list[Row]:
         """The masked copies of one sentence: one row per scored token."""
         mask_id = self.tokenizer.mask_token_id
@@ -317,8 +366,10 @@ class PseudoLogLikelihood(_Task):
             token_logprobs=values,
         )
 
-    def stream(self, prepared: Iterable[Sequence[int]]) -> Iterator[PLLResult]:
-        """A :class:`PLLResult` per prepared id list, in input order."""
+    def stream(self, prepared: Iterable[Sequence[int]],
+               progress: Callable[[int], None] | None = None) -> Iterator[PLLResult]:
+        """A :class:`PLLResult` per prepared id list, in input order (``progress``: see
+        :meth:`~albert_jax.engine.Engine.stream`)."""
         kept: collections.deque[Sequence[int]] = collections.deque()
 
         def groups():
@@ -326,12 +377,11 @@ class PseudoLogLikelihood(_Task):
                 kept.append(ids)
                 yield self.rows(ids)
 
-        for out in self.engine.stream("logprob", groups()):
+        for out in self.engine.stream("logprob", groups(), progress=progress):
             yield self.result(kept.popleft(), out)
 
     def __call__(self, inputs: str | Sequence[str]) -> PLLResult | list[PLLResult]:
-        single = isinstance(inputs, str)
-        texts = [inputs] if single else list(inputs)
+        single, texts = _as_texts(inputs)
         prepared = [self.prepare(t, None if single else i) for i, t in enumerate(texts)]
         results = list(self.stream(prepared))
         return results[0] if single else results
@@ -362,14 +412,15 @@ class Embedder(_Task):
     def prepare(self, text: str, index: int | None = None) -> list[int]:
         return self.encode(text, index)
 
-    def stream(self, prepared: Iterable[Sequence[int]]) -> Iterator[np.ndarray]:
+    def stream(self, prepared: Iterable[Sequence[int]],
+               progress: Callable[[int], None] | None = None) -> Iterator[np.ndarray]:
         """A [H] embedding per prepared id list, in input order."""
-        for out in self.engine.stream(self.pooling, ([Row(ids)] for ids in prepared)):
+        for out in self.engine.stream(self.pooling, ([Row(ids)] for ids in prepared),
+                                      progress=progress):
             yield out[0]
 
     def __call__(self, inputs: str | Sequence[str]) -> np.ndarray:
-        single = isinstance(inputs, str)
-        texts = [inputs] if single else list(inputs)
+        single, texts = _as_texts(inputs)
         prepared = [self.prepare(t, None if single else i) for i, t in enumerate(texts)]
         out = list(self.stream(prepared))
         if single:

@@ -388,6 +388,7 @@ class AlbertEncoder(nn.Module):
                 split_rngs={"params": False, "dropout": True},
                 in_axes=(nn.broadcast, nn.broadcast),
                 length=cfg.layers_per_group,
+                unroll=min(cfg.scan_unroll, cfg.layers_per_group),
             )
         for g in range(cfg.num_hidden_groups):
             group = group_cls(

@@ -18,9 +18,10 @@ import flax.linen as nn
 import jax
 
 from albert_jax import hub
-from albert_jax.config import AlbertConfig
-from albert_jax.conversion import read_checkpoint
+from albert_jax.config import AlbertConfig, config_from_hf_file, read_hf_config
+from albert_jax.errors import TokenizerError
 from albert_jax.model import HEADS, model_for_head
+from albert_jax.sources import read_checkpoint
 
 if TYPE_CHECKING:
     from albert_jax.tokenizer import AlbertTokenizer
@@ -91,6 +92,27 @@ def _tokenizer(files: hub.ModelFiles) -> AlbertTokenizer:
     return AlbertTokenizer.from_pretrained(os.path.dirname(files.tokenizer))
 
 
+def check_tokenizer_fits(
+    tokenizer: AlbertTokenizer, files: hub.ModelFiles, vocab_size: int | None = None
+) -> None:
+    """Refuses a tokenizer whose piece count differs from the model's ``vocab_size``.
+
+    Every path that loads a model with its tokenizer (:func:`load_pretrained`, the
+    ``from_pretrained`` of the inference tasks, fine-tuning) goes through here. A smaller
+    vocabulary than the tokenizer's gives ids past the embedding table (NaN scores from
+    gathers out of range); a larger one gives predictions the tokenizer cannot decode.
+    ``vocab_size`` overrides the config's, as a config override would.
+    """
+    if vocab_size is None:
+        vocab_size = config_from_hf_file(read_hf_config(files.config), files.config).vocab_size
+    if vocab_size != tokenizer.vocab_size:
+        raise TokenizerError(
+            f"{tokenizer.vocab_file} has {tokenizer.vocab_size} pieces but the model's "
+            f"vocab_size is {vocab_size} ({files.config}): the tokenizer does not belong to "
+            "this model"
+        )
+
+
 def load_pretrained(
     name_or_path: str | os.PathLike,
     head: str = "masked_lm",
@@ -129,6 +151,7 @@ def load_pretrained(
     files = hub.resolve_model_files(name_or_path)
     # The tokenizer first: a missing spiece.model fails before the weights are read.
     tokenizer = _tokenizer(files)
+    check_tokenizer_fits(tokenizer, files, config_overrides.get("vocab_size"))
     model, params = _load(
         files, head, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers,
         remat=remat, num_labels=num_labels, rng_seed=rng_seed, **config_overrides,

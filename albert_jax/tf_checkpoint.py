@@ -53,7 +53,6 @@ makes that differ from ``i // (num_hidden_layers // num_hidden_groups)`` are ref
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import os
@@ -70,9 +69,6 @@ from albert_jax.conversion import Checkpoint, ConversionError, MissingDependency
 
 logger = logging.getLogger(__name__)
 
-GOOGLE_CONFIG_FILE = "albert_config.json"
-# SentencePiece model names of the releases (the English ones are all 30k-clean.model).
-GOOGLE_SPIECE_FILES = ("30k-clean.model", hub.TOKENIZER_FILE)
 INSTALL_HINT = "pip install 'albert_jax[tf]' (tensorflow-cpu)"
 
 # Optimizer state: slot variables ("<variable>/<slot>") and global counters.
@@ -175,132 +171,6 @@ def flax_to_tf_key(path: str) -> str:
     if scope.endswith(("LayerNorm", "LayerNorm_1")):
         leaf = {"scale": "gamma", "bias": "beta"}[leaf]
     return f"{scope}/{leaf}"
-
-
-# ---------------------------------------------------------------------------- files
-def _prefix_of(path: str) -> str:
-    """A checkpoint prefix from the prefix itself or any of its files."""
-    for pattern in (r"\.index$", r"\.data-\d+-of-\d+$", r"\.meta$"):
-        stripped = re.sub(pattern, "", path)
-        if stripped != path:
-            return stripped
-    return path
-
-
-def is_tf_checkpoint(name_or_path: str | os.PathLike) -> bool:
-    """Whether a local path is a Google TF checkpoint (a directory without ``config.json``
-    holding ``albert_config.json`` or a checkpoint; or a checkpoint prefix or file).
-    Never raises."""
-    path = os.fspath(name_or_path)
-    try:
-        if os.path.isdir(path):
-            return not os.path.isfile(os.path.join(path, hub.CONFIG_FILE)) and (
-                os.path.isfile(os.path.join(path, GOOGLE_CONFIG_FILE))
-                or bool(glob.glob(os.path.join(glob.escape(path), "*.index")))
-                or os.path.isfile(os.path.join(path, "variables", "variables.index"))
-            )
-        return os.path.isfile(_prefix_of(path) + ".index")
-    except (OSError, ValueError):
-        return False
-
-
-def _state_file_prefix(directory: str) -> str | None:
-    """The checkpoint a ``checkpoint`` state file (TF's Saver writes one) names, if any."""
-    state = os.path.join(directory, "checkpoint")
-    try:
-        with open(state, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError):
-        return None
-    match = re.search(r'^model_checkpoint_path:\s*"((?:[^"\\]|\\.)*)"', text, re.MULTILINE)
-    if match is None:
-        return None
-    prefix = os.path.join(directory, match.group(1))  # Relative to the directory, or absolute.
-    return prefix if os.path.isfile(prefix + ".index") else None
-
-
-def _find_prefix(directory: str) -> str:
-    prefix = _state_file_prefix(directory)
-    if prefix is not None:
-        return prefix
-    indexes = sorted(glob.glob(os.path.join(glob.escape(directory), "*.index")))
-    if not indexes:
-        hub_layout = os.path.join(directory, "variables", "variables")
-        if os.path.isfile(hub_layout + ".index"):
-            return hub_layout
-        raise hub.ModelNotFoundError(
-            f"{directory}: no TensorFlow checkpoint (no *.index file)"
-        )
-    if len(indexes) > 1:
-        names = ", ".join(os.path.basename(_prefix_of(p)) for p in indexes)
-        raise hub.ModelNotFoundError(
-            f"{directory} holds several checkpoints ({names}) and no 'checkpoint' file "
-            "naming one: pass the prefix of one, e.g. "
-            f"{os.path.join(directory, os.path.basename(_prefix_of(indexes[-1])))}"
-        )
-    return _prefix_of(indexes[0])
-
-
-def _first_file(directories: list[str], names: tuple[str, ...]) -> str | None:
-    for directory in directories:
-        for name in names:
-            path = os.path.join(directory, name)
-            if os.path.isfile(path):
-                return path
-    return None
-
-
-def resolve_files(
-    src: str | os.PathLike,
-    *,
-    config: str | os.PathLike | None = None,
-    spiece: str | os.PathLike | None = None,
-) -> hub.ModelFiles:
-    """The files of a Google checkpoint, as :class:`albert_jax.hub.ModelFiles` of format
-    ``"tf"`` (``weights``: the checkpoint prefix; ``config``: ``albert_config.json``;
-    ``tokenizer``: the SentencePiece model, or None).
-
-    ``src`` is a release directory or a checkpoint prefix (or one of its files);
-    ``config`` and ``spiece`` default to the files beside the checkpoint. Raises
-    :class:`albert_jax.hub.ModelNotFoundError` naming what is missing.
-    """
-    path = os.fspath(src)
-    if os.path.isdir(path):
-        directory = path
-        prefix = _find_prefix(directory)
-    else:
-        prefix = _prefix_of(path)
-        if not os.path.isfile(prefix + ".index"):
-            raise hub.ModelNotFoundError(
-                f"{path}: no TensorFlow checkpoint (no {os.path.basename(prefix)}.index)"
-            )
-        directory = os.path.dirname(prefix) or "."
-    if not glob.glob(glob.escape(prefix) + ".data-*"):
-        raise hub.ModelNotFoundError(f"{prefix}.index has no data file ({prefix}.data-*)")
-    # Beside the checkpoint; for the TF-Hub layout (variables/variables) in ../assets.
-    near = [directory, os.path.dirname(os.path.dirname(prefix))]
-    near += [os.path.join(d, "assets") for d in list(near)]
-    near = list(dict.fromkeys(os.path.abspath(d) for d in near))
-    if config is not None:
-        config_path = os.fspath(config)
-        if not os.path.isfile(config_path):
-            raise hub.ModelNotFoundError(f"{config_path}: no such file")
-    else:
-        config_path = _first_file(near, (GOOGLE_CONFIG_FILE, hub.CONFIG_FILE))
-        if config_path is None:
-            raise hub.ModelNotFoundError(
-                f"{directory}: no {GOOGLE_CONFIG_FILE} beside the checkpoint; pass the "
-                "model's config (albert-jax convert --config FILE)"
-            )
-    if spiece is not None:
-        spiece_path: str | None = os.fspath(spiece)
-        if not os.path.isfile(spiece_path):
-            raise hub.ModelNotFoundError(f"{spiece_path}: no such file")
-    else:
-        spiece_path = _first_file(near, GOOGLE_SPIECE_FILES)
-    return hub.ModelFiles(
-        name=path, config=config_path, weights=(prefix,), format="tf", tokenizer=spiece_path,
-    )
 
 
 # ---------------------------------------------------------------------------- config
@@ -417,8 +287,8 @@ def _reshape_attention(path: str, value: np.ndarray, expected: tuple[int, ...] |
 
 
 def read_checkpoint(files: hub.ModelFiles, **config_overrides: Any) -> TFCheckpoint:
-    """Reads a Google checkpoint (:func:`resolve_files`) into a checkpoint in albert_jax
-    layout; ``config_overrides`` set :class:`AlbertConfig` fields.
+    """Reads a Google checkpoint (:func:`albert_jax.hub.resolve_tf_files`) into a checkpoint
+    in albert_jax layout; ``config_overrides`` set :class:`AlbertConfig` fields.
 
     Problems (unknown variables, duplicates) are collected, not raised, so that
     ``validate``/``params_for`` report them with every missing and mis-shaped key.

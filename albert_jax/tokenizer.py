@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
+from albert_jax.errors import TokenizerError
+
 logger = logging.getLogger(__name__)
 
 SPIECE_UNDERLINE = "▁"
@@ -67,13 +69,52 @@ def _ends_in_digit_comma(piece: str) -> bool:
 
 
 def _read_settings(directory: str) -> dict[str, Any]:
-    """Constructor settings from ``directory/tokenizer_config.json``; {} when there is none."""
+    """Constructor settings from ``directory/tokenizer_config.json``; {} when there is none.
+
+    Raises :class:`TokenizerError` naming the file (and the key) when it is unreadable or a
+    setting has the wrong type (a string ``"false"`` would silently count as true).
+    """
     config_file = os.path.join(directory, CONFIG_FILE_NAME)
     if not os.path.isfile(config_file):
         return {}
-    with open(config_file, encoding="utf-8") as f:
-        config = json.load(f)
-    return {k: config[k] for k in _CONFIG_KEYS if config.get(k) is not None}
+    try:
+        with open(config_file, "rb") as f:
+            config = json.loads(f.read().decode("utf-8"))
+    except OSError as e:
+        raise TokenizerError(f"{config_file}: cannot read it ({e.strerror or e})") from None
+    except ValueError as e:  # Not UTF-8, or not JSON.
+        raise TokenizerError(f"{config_file} is not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise TokenizerError(f"{config_file} must hold a JSON object, not a "
+                             f"{type(config).__name__}")
+    settings = {k: config[k] for k in _CONFIG_KEYS if config.get(k) is not None}
+    for key, value in settings.items():
+        if key == "model_max_length":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1
+        else:
+            ok = isinstance(value, bool)
+        if not ok:
+            want = "a positive number" if key == "model_max_length" else "true or false"
+            raise TokenizerError(f"{config_file}: {key} must be {want}, got {value!r:.60}")
+    if isinstance(settings.get("model_max_length"), float):
+        # transformers writes its "no limit" sentinel as 1e30 (a float).
+        value = settings["model_max_length"]
+        settings["model_max_length"] = int(value) if value < _LARGE_INTEGER else None
+    return settings
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _without_surrogates(text: str) -> str:
+    """``text`` with lone UTF-16 surrogates replaced by U+FFFD (paired ones joined).
+
+    Python strings may hold them (``surrogateescape``-decoded bytes, such as a command line
+    that is not UTF-8); sentencepiece cannot take them. Valid text is returned as is.
+    """
+    if text.isascii() or not _SURROGATES.search(text):
+        return text
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
 
 
 def _as_id_list(ids: Any) -> list[int]:
@@ -130,7 +171,13 @@ class AlbertTokenizer:
             model_max_length = None  # a transformers config's "no limit" sentinel
         self.model_max_length = model_max_length
 
-        self._sp = spm.SentencePieceProcessor(model_file=self.vocab_file)
+        try:
+            if os.path.getsize(self.vocab_file) == 0:
+                raise TokenizerError(f"{self.vocab_file} is empty: not a sentencepiece model")
+            self._sp = spm.SentencePieceProcessor(model_file=self.vocab_file)
+        except (RuntimeError, OSError) as e:  # sentencepiece reports a bad file as RuntimeError.
+            raise TokenizerError(f"{self.vocab_file}: not a readable sentencepiece model "
+                                 f"({str(e).strip()[:200]})") from None
         self._vocab_size: int = self._sp.get_piece_size()
 
         # transformers' ``all_special_tokens`` order: bos=[CLS], eos=[SEP], unk, pad, mask
@@ -147,7 +194,8 @@ class AlbertTokenizer:
         for token in self._special_tokens:
             token_id = self._sp.piece_to_id(token)
             if token_id == unk_id and token != self.unk_token:
-                raise ValueError(f"{self.vocab_file} has no piece {token!r}; not an ALBERT model")
+                raise TokenizerError(
+                    f"{self.vocab_file} has no piece {token!r}; not an ALBERT tokenizer")
             self._special_to_id[token] = token_id
         self._id_to_special: dict[int, str] = {v: k for k, v in self._special_to_id.items()}
         # Only [MASK] strips: it is AddedToken(lstrip=True, rstrip=False), the others are not.
@@ -307,6 +355,7 @@ class AlbertTokenizer:
         Lowercases the text parts first, then splits (so "<UNK>" becomes the special "<unk>"
         but "[mask]" stays text), then applies the special tokens' lstrip/rstrip.
         """
+        text = _without_surrogates(text)
         if self.do_lower_case:
             parts = self._special_re.split(text)
             if len(parts) == 1:

@@ -33,12 +33,13 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="resume an existing workdir")
     args = parser.parse_args()
 
-    from albert_jax import finetune, train
+    from albert_jax import cli
+    from albert_jax.training import finetune, trainer
 
     workdir = Path(args.workdir)
     if workdir.exists() and not args.keep:
         shutil.rmtree(workdir)
-    config, _ = train.parse_pretrain_args([
+    config, _ = cli.parse_config_args([
         "--config", str(REPO / "configs" / "finetune" / "sst2.py"), "--workdir", str(workdir),
         "--config.init=albert-mini", f"--config.num_train_steps={args.steps}",
         f"--config.max_seq_length={args.length}", "--config.global_batch_size=32",
@@ -53,7 +54,7 @@ def main() -> None:
     wall = time.perf_counter() - t0
     labels = [int(line.split("\t")[1]) for line in SST2_DEV.read_text().splitlines()[1:]]
     majority = max(sum(labels), len(labels) - sum(labels)) / len(labels)
-    curve = [(r["step"], r["eval_accuracy"]) for r in train.read_metrics(workdir)
+    curve = [(r["step"], r["eval_accuracy"]) for r in trainer.read_metrics(workdir)
              if "eval_accuracy" in r]
     print(f"albert-mini on SST-2: {args.steps} steps of 32 x {args.length}, wall "
           f"{wall / 60:.1f} min (data preparation and compilation included)")

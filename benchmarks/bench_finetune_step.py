@@ -40,10 +40,12 @@ def main() -> None:
     parser.add_argument("--skip-torch", action="store_true")
     args = parser.parse_args()
 
-    from albert_jax import finetune, train
+    from albert_jax import sharding as shd
     from albert_jax.config import PRESETS
     from albert_jax.model import AlbertForSequenceClassification
-    from albert_jax.optim import make_optimizer
+    from albert_jax.training import finetune, trainer
+    from albert_jax.training.optim import make_optimizer
+    from albert_jax.training.tasks import glue
 
     cfg = PRESETS["albert-base-v2"].replace(classifier_dropout_prob=0.1, num_labels=2)
     rng = np.random.default_rng(0)
@@ -59,14 +61,14 @@ def main() -> None:
           f"albert-base-v2 shapes, float32, batch {args.batch} x {args.length}, SST-2 "
           f"classification, AdamW, median of {args.repeats} steps")
 
-    family = finetune.GlueFamily(ml_collections.ConfigDict({"task": "sst2"}))
+    family = glue.GlueFamily(ml_collections.ConfigDict({"task": "sst2"}))
     family.setup()
     task = finetune.make_task(family, AlbertForSequenceClassification(cfg))
-    mesh = train.shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
     tx = make_optimizer("adamw", 1e-5, clip_norm=1.0, weight_decay=0.01)
-    state, shardings = train.create_train_state(task, tx, mesh, jax.random.PRNGKey(0))
-    step = train.make_train_step(task, tx, mesh, shardings, b)
-    batch = train.device_batch(mesh, b)
+    state, shardings = trainer.create_train_state(task, tx, mesh, jax.random.PRNGKey(0))
+    step = trainer.make_train_step(task, tx, mesh, shardings, b)
+    batch = trainer.device_batch(mesh, b)
     holder = {"state": state}
 
     def jax_step():

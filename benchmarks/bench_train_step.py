@@ -70,9 +70,10 @@ def main() -> None:
                              "measured float32 matmul peak")
     args = parser.parse_args()
 
-    from albert_jax import train
+    from albert_jax import sharding as shd
     from albert_jax.config import PRESETS
-    from albert_jax.optim import make_optimizer
+    from albert_jax.training import pretrain, trainer
+    from albert_jax.training.optim import make_optimizer
 
     cfg = PRESETS["albert-base-v2"].replace(dtype=args.dtype)
     b = make_batch(cfg, args.batch, args.length, args.predictions)
@@ -83,12 +84,12 @@ def main() -> None:
           f"{args.predictions} masked positions, median of {args.repeats} steps")
 
     # ---------------------------------------------------------------- albert_jax
-    mesh = train.shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    task = train.pretraining_task(cfg)
+    mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    task = pretrain.pretraining_task(cfg)
     tx = make_optimizer(args.optimizer, 1e-5, clip_norm=1.0, weight_decay=0.01)
-    state, shardings = train.create_train_state(task, tx, mesh, jax.random.PRNGKey(0))
-    step = train.make_train_step(task, tx, mesh, shardings, b)
-    batch = train.device_batch(mesh, b)
+    state, shardings = trainer.create_train_state(task, tx, mesh, jax.random.PRNGKey(0))
+    step = trainer.make_train_step(task, tx, mesh, shardings, b)
+    batch = trainer.device_batch(mesh, b)
     holder = {"state": state}
 
     def jax_step():

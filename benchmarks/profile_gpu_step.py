@@ -28,17 +28,18 @@ from bench_gpu import timed
 from bench_train_step import make_batch, train_flops
 
 from albert_jax import model as M
-from albert_jax import train
+from albert_jax import sharding as shd
 from albert_jax.config import PRESETS
-from albert_jax.optim import make_optimizer
+from albert_jax.training import pretrain, trainer
+from albert_jax.training.optim import make_optimizer
 
 
 def run(name: str, cfg, b, flops: float, out: Path | None = None) -> None:
-    mesh = train.shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    task = train.pretraining_task(cfg)
+    mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    task = pretrain.pretraining_task(cfg)
     tx = make_optimizer("adamw", 1e-5, clip_norm=1.0, weight_decay=0.01)
-    state, shardings = train.create_train_state(task, tx, mesh, jax.random.PRNGKey(0))
-    batch = train.device_batch(mesh, b)
+    state, shardings = trainer.create_train_state(task, tx, mesh, jax.random.PRNGKey(0))
+    batch = trainer.device_batch(mesh, b)
     tot = task.totals(batch)
 
     def loss(p, x):
@@ -48,7 +49,7 @@ def run(name: str, cfg, b, flops: float, out: Path | None = None) -> None:
         fwd, grad = jax.jit(loss), jax.jit(jax.grad(loss))
         t_fwd = timed(lambda: fwd(state.params, batch).block_until_ready(), 8)
         t_grad = timed(lambda: jax.block_until_ready(grad(state.params, batch)), 8)
-    step = train.make_train_step(task, tx, mesh, shardings, b)
+    step = trainer.make_train_step(task, tx, mesh, shardings, b)
     holder = {"state": state}
 
     def full_step():

@@ -74,8 +74,8 @@ if not IN_COLAB:
 import matplotlib.pyplot as plt
 
 from albert_jax import notebook
-from albert_jax.corpus_builder import parse_documents, read_text
-from albert_jax.data import PretrainingDataset
+from albert_jax.training.corpus_builder import parse_documents, read_text
+from albert_jax.training.pretrain_data import PretrainingDataset
 from albert_jax.tokenizer import AlbertTokenizer
 
 T0 = time.perf_counter()
@@ -98,11 +98,11 @@ print("books:", sorted(p.name for p in corpus.glob("*.txt")))
 # %% [markdown]
 # ## 1. One training example
 #
-# `albert_jax.data.PretrainingDataset` makes examples on the fly, deterministically from
-# the seed: a book is split into sentences, consecutive sentences are packed into two
-# segments A and B (swapped with probability 0.5: `sop_label` 1), and whole-word n-grams
-# are masked: 80% become `[MASK]`, 10% a random token, 10% stay as they are (the model
-# must predict those too). Highlighted below: every position the model is asked to
+# `albert_jax.training.pretrain_data.PretrainingDataset` makes examples on the fly,
+# deterministically from the seed: a book is split into sentences, consecutive sentences
+# are packed into two segments A and B (swapped with probability 0.5: `sop_label` 1), and
+# whole-word n-grams are masked: 80% become `[MASK]`, 10% a random token, 10% stay as they
+# are (the model must predict those too). Highlighted below: every position the model is asked to
 # predict, with the original token underneath when it was replaced.
 
 # %%

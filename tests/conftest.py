@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 # Tests see 8 CPU devices (sharding tests); must be set before jax is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# transformers imports TensorFlow whenever it is installed (the `test` extra has it, for
+# tests/test_tf_checkpoint.py); the oracles here are PyTorch, and the TFDS tests check
+# that our input path never imports TensorFlow.
+os.environ.setdefault("USE_TF", "0")
+os.environ.setdefault("USE_FLAX", "0")
+# Commands turn the persistent compilation cache on by default: tests keep theirs private.
+os.environ.setdefault("ALBERT_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="albert_jax_xla_"))
 
+import numpy as np
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -47,3 +56,37 @@ def save_hf_model(directory: Path, model_cls: str, safe: bool = True, seed: int 
     if SPIECE.exists():
         shutil.copy(SPIECE, directory / "spiece.model")
     return model
+
+
+# ---------------------------------------------------------------------- float32 tolerances
+EPS32 = float(np.finfo(np.float32).eps)  # 1.19e-7: the spacing of float32 numbers at 1.0
+
+
+def f32_atol(reference, reduction: int, steps: int = 1, safety: float = 8.0) -> float:
+    """Absolute tolerance between two float32 programs that compute the same function.
+
+    Different kernels (AVX2 vs AVX-512 blocking, fusion, summation order, oneDNN vs Eigen,
+    PyTorch vs XLA) may round every reduction differently: a sum of ``reduction`` terms
+    differs by about ``eps32 * sqrt(reduction)`` relative to the magnitudes involved, and the
+    differences of ``steps`` successive reductions along the computation add up like a random
+    walk (``sqrt(steps)``). ``safety`` covers the tail of that walk and the model's gain. The
+    scale is the largest magnitude of ``reference``: a real bug (a wrong weight, position or
+    mask) shows up at that scale, orders of magnitude above this bound.
+    """
+    scale = float(np.max(np.abs(np.asarray(reference, dtype=np.float64))))
+    return safety * EPS32 * float(np.sqrt(reduction * steps)) * scale
+
+
+# Successive steps of a forward pass outside the layers: the embedding projection and the head.
+_STEPS_OUTSIDE_LAYERS = 2
+
+
+def model_atol(reference, **hf_config) -> float:
+    """:func:`f32_atol` of a whole forward pass of an ALBERT (transformers config fields,
+    albert-base-v2 defaults). Within a layer the longest reduction (the FFN's) dominates and
+    LayerNorm rescales what comes out; the differences of successive layer applications add
+    up like a random walk."""
+    hidden = hf_config.get("hidden_size", 768)
+    ffn = hf_config.get("intermediate_size", 3072)
+    applications = hf_config.get("num_hidden_layers", 12) * hf_config.get("inner_group_num", 1)
+    return f32_atol(reference, max(hidden, ffn), applications + _STEPS_OUTSIDE_LAYERS)

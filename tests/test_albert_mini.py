@@ -29,8 +29,8 @@ def held_out_scores():
     if not HELD_OUT.exists():
         pytest.skip(f"the held-out book is absent ({HELD_OUT})")
     from albert_jax import load_pretrained
-    from albert_jax.corpus_builder import parse_documents, read_text
-    from albert_jax.data import PretrainingDataset
+    from albert_jax.training.corpus_builder import parse_documents, read_text
+    from albert_jax.training.pretrain_data import PretrainingDataset
 
     model, params, tokenizer = load_pretrained("albert-mini", head="pretraining")
     documents = [{"sentences": s} for s in parse_documents(read_text(HELD_OUT), "paragraphs")]

@@ -17,7 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from albert_jax import checkpoint, train
+from albert_jax import cli
+from albert_jax import sharding as shd
+from albert_jax.training import checkpoint, pretrain, trainer
+from albert_jax.training import run_config as rc
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_train import CORPUS, REPO, SPIECE, TINY, load_config
@@ -37,7 +40,7 @@ def _overrides(tfds_dir: Path) -> list[str]:
 
 
 def _command(workdir: Path, tfds_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "albert_jax.train", "pretrain", "--config", str(TINY),
+    return [sys.executable, "-m", "albert_jax.cli", "pretrain", "--config", str(TINY),
             "--workdir", str(workdir), *_overrides(tfds_dir)]
 
 
@@ -78,9 +81,9 @@ def _start_and_stop(workdir: Path, tfds_dir: Path, sig: int, after_step: int) ->
 def test_kill_and_resume_is_exact(tmp_path):
     tfds_dir = tmp_path / "tfds"
     # The corpus is prepared once, before the concurrent runs.
-    config, _ = train.parse_pretrain_args(
+    config, _ = cli.parse_config_args(
         ["--config", str(TINY), "--workdir", str(tmp_path), *_overrides(tfds_dir)])
-    train.prepare_corpus(config, tmp_path)
+    pretrain.prepare_corpus(config, tmp_path)
     # The uninterrupted run, concurrently with the first interrupted one (2 cores).
     ref_dir = tmp_path / "ref"
     reference = subprocess.Popen(_command(ref_dir, tfds_dir), cwd=REPO, env=_env(tmp_path),
@@ -89,7 +92,7 @@ def test_kill_and_resume_is_exact(tmp_path):
     assert _start_and_stop(run, tfds_dir, signal.SIGKILL, after_step=4) == -signal.SIGKILL
     _, err = reference.communicate(timeout=300)
     assert reference.returncode == 0, err[-3000:]
-    ref = {r["step"]: r for r in train.read_metrics(ref_dir)}
+    ref = {r["step"]: r for r in trainer.read_metrics(ref_dir)}
     assert sorted(ref) == list(range(1, STEPS + 1))
     killed_at = max(_finalized_steps(run))
     assert killed_at < STEPS
@@ -101,7 +104,7 @@ def test_kill_and_resume_is_exact(tmp_path):
                           timeout=300, env=_env(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
 
-    records = train.read_metrics(run)
+    records = trainer.read_metrics(run)
     steps = [r["step"] for r in records]
     assert steps == list(range(1, STEPS + 1))  # no step twice, none missing
     for r in records:
@@ -115,8 +118,8 @@ def test_truncate_metrics(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n" for s in range(1, 8))
                     + '{"step": 8, "lo')  # a line torn by a kill
-    train.truncate_metrics(path, 5)
-    assert [r["step"] for r in train.read_metrics(tmp_path)] == [1, 2, 3, 4, 5]
+    trainer.truncate_metrics(path, 5)
+    assert [r["step"] for r in trainer.read_metrics(tmp_path)] == [1, 2, 3, 4, 5]
 
 
 @pytest.fixture(scope="module")
@@ -127,13 +130,13 @@ def trained(tmp_path_factory):
     c = load_config()
     c.num_train_steps, c.checkpoint_every, c.eval_every, c.log_every = 50, 25, 50, 1
     c.mesh.data = 2
-    state = train.pretrain(c, workdir, progress=False)
+    state = pretrain.pretrain(c, workdir, progress=False)
     return c, workdir, jax.device_get(state)
 
 
 def test_tiny_config_loss_falls_on_gutenberg(trained):
     _, workdir, _ = trained
-    records = train.read_metrics(workdir)
+    records = trainer.read_metrics(workdir)
     assert [r["step"] for r in records] == list(range(1, 51))
     first = records[0]["loss"]
     last = np.mean([r["loss"] for r in records[-5:]])
@@ -148,14 +151,14 @@ def test_tiny_config_loss_falls_on_gutenberg(trained):
 
 def test_restore_on_a_different_mesh(trained):
     c, workdir, final = trained
-    task = train.pretraining_task(train.model_config(c))
-    tx = train.make_tx(c)
-    mesh = train.shd.make_mesh(2, 2, 2)
-    abstract, shardings = train.state_shardings(task, tx, mesh)
+    task = pretrain.pretraining_task(rc.model_config(c))
+    tx = rc.make_tx(c)
+    mesh = shd.make_mesh(2, 2, 2)
+    abstract, shardings = trainer.state_shardings(task, tx, mesh)
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints")
     try:
         assert ckpt.all_steps() == [25, 50]
-        state, data_states, config = ckpt.restore(50, train.abstract_with_shardings(abstract,
+        state, data_states, config = ckpt.restore(50, trainer.abstract_with_shardings(abstract,
                                                                                    shardings))
     finally:
         ckpt.close()
@@ -169,30 +172,31 @@ def test_restore_on_a_different_mesh(trained):
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), final)
 
 
-def test_export_load_pretrained_and_convert(trained, tmp_path):
+def test_export_load_pretrained_and_convert(trained, tmp_path, capsys):
     import albert_jax
 
     c, workdir, final = trained
     dest = tmp_path / "model"
-    assert train.export_main([str(workdir), str(dest)]) == 0
+    assert cli.main(["export", str(workdir), str(dest)]) == 0
     model, params, tokenizer = albert_jax.load_pretrained(str(dest), head="pretraining")
     assert tokenizer.vocab_size == 30000
     batch = tokenizer(["The old man and the sea.", "Whale ho!"], padding=True,
                       return_tensors="np")
     args = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     got = model.apply(params, *args)
-    ref_model = train.pretraining_task(train.model_config(c)).model
+    ref_model = pretrain.pretraining_task(rc.model_config(c)).model
     want = ref_model.apply({"params": final.params["params"]}, *args)
     np.testing.assert_allclose(got.prediction_logits, want.prediction_logits, atol=1e-5)
     np.testing.assert_allclose(got.sop_logits, want.sop_logits, atol=1e-5)
     hf = albert_jax.convert(str(dest), str(tmp_path / "hf"), to="hf")
     assert (Path(hf) / "config.json").is_file()
     # A second export into the same place needs --overwrite; a missing workdir is one line.
-    assert train.export_main([str(workdir), str(dest)]) == 2
-    assert train.export_main([str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2
+    assert cli.main(["export", str(workdir), str(dest)]) == 2
+    assert "--overwrite replaces it" in capsys.readouterr().err
+    assert cli.main(["export", str(tmp_path / "nothing"), str(tmp_path / "x")]) == 2
     # bfloat16 storage: the stored tensors are the float32 ones rounded, loaded back as float32.
     half = tmp_path / "model_bf16"
-    assert train.export_main([str(workdir), str(half), "--dtype", "bfloat16"]) == 0
+    assert cli.main(["export", str(workdir), str(half), "--dtype", "bfloat16"]) == 0
     from safetensors.numpy import load_file
 
     stored = load_file(half / "params.safetensors")

@@ -240,7 +240,7 @@ def test_score_missing_input_is_usage_error(model_dir, tmp_path, monkeypatch, ca
 def test_score_failure_leaves_no_output(model_dir, tmp_path, monkeypatch, capsys):
     from albert_jax.inference import PseudoLogLikelihood
 
-    def boom(self, prepared):
+    def boom(self, prepared, progress=None):
         yield from ()
         raise RuntimeError("device lost")
 
@@ -272,3 +272,63 @@ def test_pretrain_bad_arguments_are_one_line(tmp_path, capsys, args, message):
 def test_export_without_checkpoints(tmp_path, capsys):
     assert cli.main(["export", str(tmp_path), str(tmp_path / "out")]) == 2
     assert "no checkpoints" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["fill-mask", "score", "convert", "pretrain", "finetune",
+                                     "evaluate", "predict", "export"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        if cli.main([command, "--help"]) == 0:  # the training commands return
+            raise SystemExit(0)
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: albert-jax {command}") and len(out.splitlines()) > 5
+
+
+@pytest.mark.parametrize(("command", "key", "default"), [
+    ("pretrain", "optimizer.learning_rate", "0.02"),
+    ("pretrain", "data.max_seq_length", "64"),
+    ("finetune", "init", "'albert-base-v2'"),
+    ("finetune", "optimizer.learning_rate", "(set by each config file)"),
+])
+def test_training_help_lists_config_keys_with_defaults(command, key, default, capsys):
+    assert cli.main([command, "--help"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split()[:1] == [key] and line.strip().endswith(default) for line in lines)
+
+
+def test_training_help_with_a_config_file_shows_its_values(capsys):
+    assert cli.main(["finetune", "--config", "configs/finetune/sst2.py", "--help",
+                     "--config.num_train_steps=7"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split() == ["num_train_steps", "7"] for line in lines)
+    assert any(line.split() == ["optimizer.learning_rate", "1e-05"] for line in lines)
+
+
+def test_unknown_arguments_are_one_line(capsys):
+    assert cli.main(["export", "a", "b", "--nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "albert-jax export: error: unrecognized arguments: --nope"
+    assert cli.main(["evaluate"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "one of the arguments --workdir --model is required" in err
+
+
+
+def test_relative_paths_in_a_config_file_resolve_from_the_file(tmp_path, monkeypatch):
+    """A config anywhere, run from anywhere: its relative paths are from its own folder;
+    overrides are from the current directory."""
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "my.py").write_text(
+        "from albert_jax.training.run_config import pretrain_config\n\n\n"
+        "def get_config():\n"
+        "    c = pretrain_config()\n"
+        "    c.data.corpus_dir = '../corpus'\n"
+        "    c.data.spiece_model = 'spm/spiece.model'\n"
+        "    return c\n")
+    monkeypatch.chdir("/")
+    config, _ = cli.parse_config_args(["--config", str(tmp_path / "cfg" / "my.py"),
+                                       "--workdir", "w", "--config.data.tfds_data_dir=t"])
+    assert config.data.corpus_dir == str(tmp_path / "corpus")
+    assert config.data.spiece_model == str(tmp_path / "cfg" / "spm" / "spiece.model")
+    assert config.data.tfds_data_dir == "t"  # an override: from the current directory

@@ -31,6 +31,17 @@ def test_presets_cover_the_family():
         (dict(hidden_dropout_prob=1.5), "hidden_dropout_prob"),
         (dict(dtype="float64"), "dtype must be one of"),
         (dict(remat="sometimes"), "remat must be one of"),
+        # Wrong types, as a hand-edited config.json holds them: named, never a TypeError
+        # deep inside (or, for a flag, a string that silently counts as true).
+        (dict(hidden_size="768"), "hidden_size must be a positive integer, got '768'"),
+        (dict(hidden_size=768.0), "hidden_size must be a positive integer"),
+        (dict(layer_norm_eps="1e-12"), "layer_norm_eps must be a number, got '1e-12'"),
+        (dict(hidden_dropout_prob=None), "hidden_dropout_prob must be a number"),
+        (dict(initializer_range=float("nan")), "initializer_range must be a number"),
+        (dict(tie_word_embeddings="false"), "tie_word_embeddings must be true or false"),
+        (dict(pad_token_id=-1), "pad_token_id must be a non-negative integer"),
+        (dict(hidden_act=["gelu"]), "hidden_act must be a string"),
+        (dict(hidden_size="x" * 500), r"got 'x{56}\.\.\.$"),  # The bad value is shortened.
     ],
 )
 def test_validation_names_the_problem(changes, message):
@@ -73,3 +84,21 @@ def test_bad_config_files(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ConfigError, match="not an ALBERT config"):
         AlbertConfig.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"[1, 2]", "must hold a JSON object, not a list"),
+        (b'{"hidden_act": "gelu\xff"}', "is not UTF-8 text"),
+        (b"{", "is not valid JSON"),
+        (b'{"id2label": 3}', "id2label must be an object"),
+        (b'{"model_type": "bert"}', "not an ALBERT config"),
+    ],
+)
+def test_config_file_errors_name_the_file(tmp_path, content, message):
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message) as info:
+        AlbertConfig.from_json_file(path)
+    assert str(path) in str(info.value)

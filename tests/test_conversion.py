@@ -16,18 +16,18 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import SPIECE
+from conftest import SPIECE, model_atol
 from safetensors.numpy import load_file, save_file
 
 from albert_jax import conversion
 from albert_jax.conversion import (
     ConversionError,
-    convert,
     flax_to_hf_key,
     hf_to_flax_key,
     load_hf_state_dict,
 )
 from albert_jax.pretrained import load_model, load_pretrained
+from albert_jax.sources import convert
 
 # Small but not degenerate: 2 layer applications sharing one layer, vocab of the real spm.
 TINY = dict(
@@ -172,8 +172,10 @@ def test_albert_model_save_without_prefix(tmp_path: Path) -> None:
 
     out = model.apply(params, jnp.asarray(IDS), jnp.asarray(MASK))
     ref = torch_outputs(source)
-    np.testing.assert_allclose(out.last_hidden_state, ref.last_hidden_state, atol=1e-4)
-    np.testing.assert_allclose(out.pooler_output, ref.pooler_output, atol=1e-4)
+    # XLA against PyTorch: rounding only, within what float32 allows for the forward pass.
+    for ours, theirs in ((out.last_hidden_state, ref.last_hidden_state),
+                         (out.pooler_output, ref.pooler_output)):
+        np.testing.assert_allclose(ours, theirs, rtol=0, atol=model_atol(theirs, **TINY))
 
     convert(tmp_path / "hf", tmp_path / "back", to="hf")
     back = load_file(tmp_path / "back" / "model.safetensors")
@@ -417,10 +419,11 @@ def test_load_pretrained_matches_torch_and_is_boxed(pretraining, tmp_path: Path)
     out = model.apply(params, jnp.asarray(IDS), jnp.asarray(MASK))
     ref = torch_outputs(source)
     valid = MASK.astype(bool)
-    np.testing.assert_allclose(
-        np.asarray(out.prediction_logits)[valid], ref.prediction_logits.numpy()[valid], atol=1e-4
-    )
-    np.testing.assert_allclose(out.sop_logits, ref.sop_logits, atol=1e-4)
+    theirs = ref.prediction_logits.numpy()[valid]
+    np.testing.assert_allclose(np.asarray(out.prediction_logits)[valid], theirs, rtol=0,
+                               atol=model_atol(theirs, **TINY))
+    np.testing.assert_allclose(out.sop_logits, ref.sop_logits, rtol=0,
+                               atol=model_atol(ref.sop_logits.numpy(), **TINY))
 
     # An albert_jax directory loads the same parameters; param_dtype casts them.
     convert(directory, tmp_path / "aj")

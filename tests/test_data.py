@@ -10,8 +10,8 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from albert_jax import data  # noqa: E402
-from albert_jax.corpus_builder import (  # noqa: E402
+from albert_jax.training import pretrain_data as data  # noqa: E402
+from albert_jax.training.corpus_builder import (  # noqa: E402
     LocalTextCorpus,
     LocalTextCorpusConfig,
     split_sentences,

@@ -16,7 +16,10 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA, TINY, require_spiece, save_hf_model
 
-from albert_jax import finetune, train
+from albert_jax import cli
+from albert_jax.training import finetune, tasks, trainer
+from albert_jax.training import run_config as rc
+from albert_jax.training.tasks import glue
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "finetune"
@@ -40,7 +43,7 @@ def tfds_dir(tmp_path_factory) -> Path:
 
 
 def load_config(task: str, workdir: Path, *overrides: str):
-    config, _ = train.parse_pretrain_args(
+    config, _ = cli.parse_config_args(
         ["--config", str(CONFIGS / f"{task}.py"), "--workdir", str(workdir), *overrides])
     return config
 
@@ -65,13 +68,13 @@ def run_finetune(task: str, workdir: Path, overrides: list[str]) -> dict:
                                   "race"])
 def test_every_config_loads_with_its_published_recipe(name, tmp_path):
     config = load_config(name, tmp_path)
-    family = finetune.family_for(config)
+    family = tasks.family_for(config)
     assert config.task == name
     assert config.optimizer.name == "adamw"
     assert config.num_train_steps > config.optimizer.warmup_steps
     assert config.eval_every % config.log_every == 0  # evaluations happen on logged steps
-    if isinstance(family, finetune.GlueFamily) and config.data.manual_dir:
-        finetune.validate_config(config)  # the local GLUE folders exist
+    if isinstance(family, glue.GlueFamily) and config.data.manual_dir:
+        rc.validate_config(config)  # the local GLUE folders exist
     recipes = {"sst2": (1e-5, 32, 20935, 1256), "cola": (1e-5, 16, 5336, 320),
                "mnli": (3e-5, 128, 10000, 1000)}
     if name in recipes:
@@ -86,7 +89,7 @@ def test_glue_run_writes_best_model_and_metrics(tiny_init, tmp_path, tfds_dir):
     wd = tmp_path / "run"
     result = run_finetune("sst2", wd, tiny_overrides(tiny_init, tfds_dir))
     assert result["metric"] == "accuracy" and 0.0 <= result["value"] <= 1.0
-    records = train.read_metrics(wd)
+    records = trainer.read_metrics(wd)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert all({"loss", "accuracy", "learning_rate", "grad_norm"} <= set(r) for r in records)
     assert {r["step"] for r in records if "eval_accuracy" in r} == {2, 4}
@@ -180,7 +183,7 @@ def test_encoding_of_each_family(tiny_init, tmp_path, tfds_dir):
     tok = AlbertTokenizer.from_pretrained(tiny_init)
     _write_conll(tmp_path / "t.txt", 3, 2)
     config = load_config("conll2003", tmp_path, f"--config.data.train_file={tmp_path / 't.txt'}")
-    fam = finetune.family_for(config)
+    fam = tasks.family_for(config)
     fam.setup()
     enc = fam.load("train", tok, training=True)
     for row, (tokens, tags) in enumerate(enc.examples):
@@ -194,7 +197,7 @@ def test_encoding_of_each_family(tiny_init, tmp_path, tfds_dir):
     _write_mc(tmp_path / "m.jsonl", 2, 3)
     config = load_config("race", tmp_path, f"--config.data.train_file={tmp_path / 'm.jsonl'}",
                          "--config.max_seq_length=32")
-    enc = finetune.family_for(config).load("train", tok, training=True)
+    enc = tasks.family_for(config).load("train", tok, training=True)
     assert enc.arrays["input_ids"].shape == (2, 4, 32)
     text = tok.decode(enc.arrays["input_ids"][0, 1], skip_special_tokens=True)
     assert text == "the cat sat on the mat. it was red. the mat was blue."
@@ -209,7 +212,7 @@ def test_sharded_run_equals_single_device(tiny_init, tmp_path, tfds_dir):
         run_finetune("sst2", wd, tiny_overrides(tiny_init, tfds_dir, steps=3, eval_every=0,
                                                 max_seq_length=16,
                                                 **{"mesh.data": data}))
-        losses[data] = [r["loss"] for r in train.read_metrics(wd)]
+        losses[data] = [r["loss"] for r in trainer.read_metrics(wd)]
     np.testing.assert_allclose(losses[8], losses[1], rtol=1e-5)
 
 
@@ -247,12 +250,12 @@ def test_resume_from_an_earlier_checkpoint_is_exact(tiny_init, tmp_path, tfds_di
     over = tiny_overrides(tiny_init, tfds_dir, steps=6, eval_every=3, checkpoint_every=2,
                           **{"model.classifier_dropout_prob": 0.1})
     run_finetune("sst2", wd, over)
-    want = train.read_metrics(wd)
+    want = trainer.read_metrics(wd)
     best = json.loads((wd / "best.json").read_text())
     for step in ("4", "6"):
         shutil.rmtree(wd / "checkpoints" / step)
     run_finetune("sst2", wd, over)
-    assert train.read_metrics(wd) == want
+    assert trainer.read_metrics(wd) == want
     assert json.loads((wd / "best.json").read_text()) == best
 
 
@@ -268,7 +271,7 @@ def test_kill_and_resume_is_exact(tiny_init, tmp_path, tfds_dir):
                 str(CONFIGS / "sst2.py"), "--workdir", str(wd), *over]
 
     # Prepare the TFDS data once so the two runs do not race to build it.
-    family = finetune.family_for(load_config("sst2", tmp_path, *over))
+    family = tasks.family_for(load_config("sst2", tmp_path, *over))
     family.setup()
     family.load("validation", _tokenizer(tiny_init))
     ref = subprocess.run(command(tmp_path / "ref"), cwd=REPO, env=_env(tmp_path),
@@ -297,7 +300,7 @@ def test_kill_and_resume_is_exact(tiny_init, tmp_path, tfds_dir):
     again = subprocess.run(command(run), cwd=REPO, env=_env(tmp_path), capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    got, want = train.read_metrics(run), train.read_metrics(tmp_path / "ref")
+    got, want = trainer.read_metrics(run), trainer.read_metrics(tmp_path / "ref")
     assert [r["step"] for r in got] == list(range(1, steps + 1))
     assert got == want  # bit-identical: losses, accuracies, eval scores
     assert json.loads((run / "best.json").read_text()) == json.loads(
@@ -321,7 +324,7 @@ def test_export_to_hf_gives_identical_logits(tiny_init, tmp_path, tfds_dir):
     wd = tmp_path / "run"
     run_finetune("sst2", wd, tiny_overrides(tiny_init, tfds_dir, steps=2))
     dest = tmp_path / "hf"
-    assert train.main(["export", str(wd), str(dest), "--to", "hf"]) == 0
+    assert cli.main(["export", str(wd), str(dest), "--to", "hf"]) == 0
     hf = transformers.AlbertForSequenceClassification.from_pretrained(dest).eval()
     assert hf.config.id2label == {0: "negative", 1: "positive"}
     model, params, tok = load_pretrained(wd / "best", head="sequence_classification")
@@ -333,15 +336,13 @@ def test_export_to_hf_gives_identical_logits(tiny_init, tmp_path, tfds_dir):
         theirs = hf(**{k: torch.tensor(v) for k, v in enc.items()}).logits.numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-5)
     # And the albert_jax export keeps the run config (evaluate --model works on it).
-    assert train.main(["export", str(wd), str(tmp_path / "aj")]) == 0
+    assert cli.main(["export", str(wd), str(tmp_path / "aj")]) == 0
     assert finetune.evaluate(model_dir=str(tmp_path / "aj"))["accuracy"] == pytest.approx(
         json.loads((wd / "best.json").read_text())["value"])
 
 
 # ------------------------------------------------------------------------------ bad input
 def test_bad_configs_and_files_are_one_line_errors(tiny_init, tmp_path, capsys):
-    from albert_jax import cli
-
     base = ["finetune", "--config", str(CONFIGS / "sst2.py"), "--workdir", str(tmp_path / "w")]
     cases = [
         (["--config.task=nope"], "unknown task 'nope'"),
@@ -382,9 +383,28 @@ def test_albert_mini_learns_sst2_slice(tmp_path, tfds_dir):
         "--config.data.eval_split=train", f"--config.data.tfds_data_dir={tfds_dir}",
     ]
     result = run_finetune("sst2", wd, over)
-    records = train.read_metrics(wd)
+    records = trainer.read_metrics(wd)
     labels = [int(line.split("\t")[1]) for line in
               (SST2 / "train.tsv").read_text().splitlines()[1:129]]
     majority = max(np.mean(labels), 1 - np.mean(labels))
     assert records[-1]["loss"] < records[0]["loss"] - 0.2, records
     assert result["eval"]["accuracy"] > majority + 0.1, (result, majority)
+
+
+@pytest.mark.skipif(not SST2.is_dir(), reason="SST-2 is absent")
+def test_eval_every_on_its_own_console_metrics_and_data_under_workdir(tiny_init, tmp_path,
+                                                                      capsys):
+    """eval_every need not fall on a log_every step; each evaluation is printed on the
+    console; with no data.tfds_data_dir, GLUE is prepared under the workdir."""
+    wd = tmp_path / "run"
+    over = tiny_overrides(tiny_init, tmp_path, steps=4, log_every=3, eval_every=2,
+                          **{"data.tfds_data_dir": ""})
+    run_finetune("sst2", wd, over)
+    records = trainer.read_metrics(wd)
+    assert [r["step"] for r in records] == [2, 3, 4]
+    assert [r["step"] for r in records if "eval_accuracy" in r] == [2, 4]
+    err = capsys.readouterr().err
+    assert "albert-jax: step 2: eval_accuracy" in err and "albert-jax: step 4: eval_" in err
+    assert (wd / "tfds" / "local_glue").is_dir()
+    saved = json.loads((wd / "finetune_config.json").read_text())
+    assert saved["data"]["tfds_data_dir"] == str(wd / "tfds")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_DATA
 
-from albert_jax import finetune_data as fd
-from albert_jax.finetune_data import (
+from albert_jax.training.tasks import datasets as fd
+from albert_jax.training.tasks.datasets import (
     DataError,
     load_glue,
     read_conll,

@@ -20,9 +20,9 @@ import transformers
 from conftest import SPIECE
 
 from albert_jax import hub
-from albert_jax.conversion import convert
 from albert_jax.hub import ModelNotFoundError, is_cached, resolve_file, resolve_model_files
 from albert_jax.pretrained import load_model, load_pretrained
+from albert_jax.sources import convert
 
 TINY = dict(vocab_size=30000, embedding_size=8, hidden_size=16, num_hidden_layers=2,
             num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)

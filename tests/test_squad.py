@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from albert_jax import squad
-from albert_jax.squad import SquadExample, SquadFormatError
 from albert_jax.tokenizer import AlbertTokenizer
+from albert_jax.training.tasks import squad_data as squad
+from albert_jax.training.tasks.squad_data import SquadExample, SquadFormatError
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPIECE = DATA / "albert_spm" / "spiece.model"

@@ -22,8 +22,9 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from albert_jax import cli, conversion, hub, tf_checkpoint  # noqa: E402
-from albert_jax.conversion import ConversionError, convert  # noqa: E402
+from albert_jax.conversion import ConversionError  # noqa: E402
 from albert_jax.pretrained import load_model, load_pretrained  # noqa: E402
+from albert_jax.sources import convert, read_checkpoint  # noqa: E402
 
 # The real 30k-clean.model (shipped with albert-mini): ids below are real pieces.
 SPIECE = Path(hub.PACKAGED_MODELS_DIR) / "albert-mini" / "spiece.model"
@@ -249,7 +250,7 @@ def test_logits_match_transformers_tf_loader(name, google, as_hf, tmp_path: Path
         prefix = write_checkpoint(tmp_path / "ckpt", variables, spiece=False)
         config_file = tmp_path / "hf_config.json"
         config_file.write_text(json.dumps(hf_config))
-        files = tf_checkpoint.resolve_files(prefix, config=config_file, spiece=SPIECE)
+        files = hub.resolve_tf_files(prefix, config=config_file, spiece=SPIECE)
         convert(files, tmp_path / "aj")
         model, params, tokenizer = load_pretrained(tmp_path / "aj", head="pretraining")
     else:  # A directory as released (albert_config.json, model.ckpt-*, 30k-clean.model).
@@ -301,8 +302,8 @@ def test_three_dimensional_attention_kernels_are_reshaped(tmp_path: Path) -> Non
     variables[f"{scope}/output/dense/kernel"] = variables[f"{scope}/output/dense/kernel"
                                                           ].reshape(2, 8, 16)
     write_checkpoint(tmp_path / "3d", variables, config=GOOGLE)
-    flat = conversion.read_checkpoint(tmp_path / "flat").params
-    reshaped = conversion.read_checkpoint(tmp_path / "3d").params
+    flat = read_checkpoint(tmp_path / "flat").params
+    reshaped = read_checkpoint(tmp_path / "3d").params
     assert flat.keys() == reshaped.keys()
     assert all(np.array_equal(flat[k], reshaped[k]) for k in flat)
 
@@ -357,8 +358,8 @@ def test_tf_hub_layout(tmp_path: Path) -> None:
     write_checkpoint(tmp_path / "plain", variables, config=GOOGLE)
     files = hub.resolve_model_files(tmp_path / "hub")
     assert files.format == "tf" and files.tokenizer.endswith("30k-clean.model")
-    from_hub = conversion.read_checkpoint(files).params
-    plain = conversion.read_checkpoint(tmp_path / "plain").params
+    from_hub = read_checkpoint(files).params
+    plain = read_checkpoint(tmp_path / "plain").params
     assert from_hub.keys() == plain.keys()
     assert all(np.array_equal(from_hub[k], plain[k]) for k in plain)
 

@@ -6,12 +6,12 @@ batch 32, 3 epochs of the 14,041 training sentences = 1,317 steps, 10% warmup, l
         --config.data.train_file=eng.train --config.data.validation_file=eng.testa
 """
 
-from albert_jax.finetune import base_config
+from albert_jax.training.run_config import finetune_config
 
 
 def get_config():
-    c = base_config("conll2003", learning_rate=5e-5, batch_size=32, steps=1317,
-                    warmup=132, max_seq_length=128)
+    c = finetune_config("conll2003", learning_rate=5e-5, batch_size=32, steps=1317,
+                        warmup=132, max_seq_length=128)
     c.eval.tag_scheme = "IOB1"
     c.eval_every = 400
     c.log_every = 50

@@ -5,11 +5,11 @@ network once), or the GLUE files with --config.data.manual_dir=/path/to/MNLI.
     albert-jax finetune --config configs/finetune/mnli.py --workdir /tmp/mnli
 """
 
-from albert_jax.finetune import base_config
+from albert_jax.training.run_config import finetune_config
 
 
 def get_config():
-    c = base_config("mnli", learning_rate=3e-5, batch_size=128, steps=10000,
-                    warmup=1000, max_seq_length=512)
+    c = finetune_config("mnli", learning_rate=3e-5, batch_size=128, steps=10000,
+                        warmup=1000, max_seq_length=512)
     c.eval_every = 1000
     return c

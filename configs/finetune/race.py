@@ -6,12 +6,12 @@ question per line (RACE's own files, one JSON object each, concatenated, work as
         --config.data.train_file=race_train.jsonl --config.data.validation_file=race_dev.jsonl
 """
 
-from albert_jax.finetune import base_config
+from albert_jax.training.run_config import finetune_config
 
 
 def get_config():
-    c = base_config("race", learning_rate=1e-5, batch_size=32, steps=12000,
-                    warmup=1000, max_seq_length=512)
+    c = finetune_config("race", learning_rate=1e-5, batch_size=32, steps=12000,
+                        warmup=1000, max_seq_length=512)
     c.data.num_choices = 4
     c.eval_every = 1000
     return c

@@ -6,11 +6,11 @@ answered "" when the null score beats the best span by eval.null_score_diff_thre
         --config.data.train_file=train-v2.0.json --config.data.validation_file=dev-v2.0.json
 """
 
-from albert_jax.finetune import base_config
+from albert_jax.training.run_config import finetune_config
 
 
 def get_config():
-    c = base_config("squad_v2", learning_rate=3e-5, batch_size=48, steps=8144,
-                    warmup=814, max_seq_length=384)
+    c = finetune_config("squad_v2", learning_rate=3e-5, batch_size=48, steps=8144,
+                        warmup=814, max_seq_length=384)
     c.eval_every = 1000
     return c

@@ -6,12 +6,12 @@
     # a CPU run with the bundled albert-mini: see benchmarks/bench_finetune_sst2.py
 """
 
-from albert_jax.finetune import base_config
+from albert_jax.training.run_config import config_relative, finetune_config
 
 
 def get_config():
-    c = base_config("sst2", learning_rate=1e-5, batch_size=32, steps=20935,
-                    warmup=1256, max_seq_length=512)
-    c.data.manual_dir = "../shared/data/glue/SST-2"
+    c = finetune_config("sst2", learning_rate=1e-5, batch_size=32, steps=20935,
+                        warmup=1256, max_seq_length=512)
+    c.data.manual_dir = config_relative(__file__, "../../../shared/data/glue/SST-2")
     c.eval_every = 1000
     return c

@@ -25,76 +25,37 @@ command resumes from the latest checkpoint in the workdir.
 Export: ``albert-jax export /mnt/shared/albert_base_v2 ./albert_base_v2_jax``.
 """
 
-from __future__ import annotations
-
-import ml_collections
+from albert_jax.training.run_config import config_relative, pretrain_config
 
 
-def get_config() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
+def get_config():
+    c = pretrain_config()
     c.seed = 12345
     c.global_batch_size = 4096
-    c.accumulation_steps = 1
     c.num_train_steps = 125_000
     c.dtype = "bfloat16"
-    c.remat = "none"
-    c.distributed = False
-
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-
-    c.model = ml_collections.ConfigDict(
-        dict(
-            vocab_size=30000,
-            embedding_size=128,
-            hidden_size=768,
-            num_hidden_layers=12,
-            num_attention_heads=12,
-            intermediate_size=3072,
-            max_position_embeddings=512,
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-            classifier_dropout_prob=0.1,
-            initializer_range=0.02,
-            hidden_act="gelu_new",
-            scan_layers=True,
-        )
+    c.model.update(
+        embedding_size=128,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+        classifier_dropout_prob=0.1,
     )
-
-    c.data = ml_collections.ConfigDict(
-        dict(
-            corpus_dir="../shared/data/corpus/gutenberg_nltk",  # replace with Wikipedia+books
-            corpus_name="pretraining_corpus",
-            text_format="lines",  # one sentence per line, blank line between documents
-            file_pattern="*.txt",
-            validation_files=(),
-            tfds_data_dir="",
-            spiece_model="../shared/data/albert_spm/spiece.model",
-            max_seq_length=512,
-            max_predictions_per_seq=20,
-            short_seq_prob=0.1,
-            masked_lm_prob=0.15,
-            max_ngram=3,
-        )
+    # Replace with Wikipedia + books: one sentence per line, a blank line between documents.
+    c.data.update(
+        corpus_dir=config_relative(__file__, "../../../shared/data/corpus/gutenberg_nltk"),
+        corpus_name="pretraining_corpus",
+        text_format="lines",
+        validation_files=(),
+        spiece_model=config_relative(__file__, "../../../shared/data/albert_spm/spiece.model"),
+        max_seq_length=512,
+        max_predictions_per_seq=20,
     )
-
-    c.optimizer = ml_collections.ConfigDict(
-        dict(
-            name="lamb",
-            learning_rate=0.00176,
-            warmup_steps=3125,
-            end_learning_rate=0.0,
-            power=1.0,
-            weight_decay=0.01,
-            clip_norm=1.0,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-6,
-        )
-    )
-
+    c.optimizer.update(learning_rate=0.00176, warmup_steps=3125)
     c.log_every = 100
     c.checkpoint_every = 5000
-    c.keep_checkpoints = 3
     c.eval_every = 0
     c.eval_batches = 10
     return c

@@ -8,25 +8,13 @@ times, sequence length 128, MLM + SOP with LAMB; Macbeth is held out for evaluat
 Sized to train in about 90 minutes on a 2-core CPU. Rerunning the command resumes.
 """
 
-from __future__ import annotations
-
-import importlib.util
-import os
-
-import ml_collections
+from albert_jax.training.run_config import config_relative, pretrain_config
 
 
-def _tiny_config() -> ml_collections.ConfigDict:
-    """tiny.py beside this file: the same recipe, which mini scales up."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tiny.py")
-    spec = importlib.util.spec_from_file_location("albert_jax_tiny_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-def get_config() -> ml_collections.ConfigDict:
-    c = _tiny_config()
+def get_config():
+    c = pretrain_config()
+    c.data.corpus_dir = config_relative(__file__, "../../../shared/data/corpus/gutenberg_nltk")
+    c.data.spiece_model = config_relative(__file__, "../../../shared/data/albert_spm/spiece.model")
     c.global_batch_size = 32
     c.num_train_steps = 1600
     c.model.update(

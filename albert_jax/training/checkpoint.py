@@ -1,4 +1,9 @@
-"""Training checkpoints (orbax) and export of a checkpoint as a model directory.
+"""Training checkpoints: the orbax train state of a run (``WORKDIR/checkpoints``).
+
+In this package a *checkpoint* is always this: a saved step of a training run (state, data
+position, run config). A model's weights are a *model directory* (see
+:mod:`albert_jax.conversion`); ``albert-jax export`` turns a checkpoint into one. This module
+imports no trainer: its callers hand it the abstract state to restore into.
 
 Layout of ``WORKDIR/checkpoints/<step>/`` (one orbax ``CheckpointManager`` step)::
 
@@ -18,7 +23,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 ITEMS = ("state", "data", "config")
@@ -79,45 +83,3 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.close()
-
-
-def export(workdir: str | os.PathLike, dest: str | os.PathLike, step: int | None = None,
-           overwrite: bool = False, dtype: str = "float32") -> str:
-    """The params of the latest (or ``step``) checkpoint of ``workdir`` -> an albert_jax model
-    directory (with the run's ``spiece.model``) that ``albert_jax.load_pretrained`` and
-    ``albert-jax convert --to hf`` accept. Restores onto one device. ``dtype`` is the
-    storage dtype of the parameters ("bfloat16" halves the files; loading casts them to
-    the ``param_dtype`` asked for). Returns ``dest``."""
-    if dtype not in ("float32", "bfloat16", "float16"):
-        raise ValueError(f"export dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    import ml_collections
-
-    from albert_jax import train
-    from albert_jax.conversion import save_albert_jax
-
-    ckpt_dir = Path(workdir) / "checkpoints"
-    if not ckpt_dir.is_dir():
-        raise FileNotFoundError(f"no checkpoints in {workdir} ({ckpt_dir} is missing)")
-    ckpt = Checkpointer(ckpt_dir, create=False)
-    try:
-        step = ckpt.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoints in {ckpt_dir}")
-        if step not in ckpt.all_steps():
-            raise FileNotFoundError(f"no checkpoint of step {step} in {ckpt_dir} "
-                                    f"(have {ckpt.all_steps()})")
-        config = ml_collections.ConfigDict(ckpt.restore_config(step))
-        mcfg = train.model_config(config)
-        task = train.pretraining_task(mcfg)
-        tx = train.make_tx(config)
-        mesh = train.shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-        abstract, shardings = train.state_shardings(task, tx, mesh)
-        state, _, _ = ckpt.restore(step, train.abstract_with_shardings(abstract, shardings))
-    finally:
-        ckpt.close()
-    spm = train.resolve_path(config.data.spiece_model)
-    # Export float32 compute by default: the model directory is for inference and conversion.
-    mcfg = mcfg.replace(dtype="float32", remat="none")
-    params = jax.tree_util.tree_map(lambda x: x.astype(dtype), state.params["params"])
-    return save_albert_jax(dest, {"params": params}, mcfg,
-                           tokenizer=spm if spm.is_file() else None, overwrite=overwrite)

@@ -4,7 +4,8 @@
 document: ``{"id": "<file>:<k>", "sentences": [str, ...]}``. It is meant to be prepared with
 ``file_format="array_record"`` and read with ``builder.as_data_source()``, the TFDS path that
 needs no TensorFlow (``as_dataset`` does). Records read back as ``bytes`` (real sources) or
-``str`` (``tfds.testing.mock_data``); :func:`albert_jax.data.document_sentences` normalises.
+``str`` (``tfds.testing.mock_data``);
+:func:`albert_jax.training.pretrain_data.document_sentences` normalises.
 
 Two input formats (``LocalTextCorpusConfig.text_format``):
 

@@ -124,7 +124,7 @@ class SquadFeature:
 
 
 # ---------------------------------------------------------------------------- reading
-def _fail(path: str, what: str) -> SquadFormatError:
+def _bad(path: str, what: str) -> SquadFormatError:
     return SquadFormatError(f"{path}: {what}")
 
 
@@ -135,28 +135,28 @@ def _load_json(path: str) -> Any:
                 with zipfile.ZipFile(path) as zf:
                     names = [n for n in zf.namelist() if n.endswith(".json")]
                     if len(names) != 1:
-                        raise _fail(path, f"expected one .json in the zip, found {names}")
+                        raise _bad(path, f"expected one .json in the zip, found {names}")
                     raw = zf.read(names[0])
             except zipfile.BadZipFile as e:
-                raise _fail(path, f"not a zip file ({e})") from e
+                raise _bad(path, f"not a zip file ({e})") from e
         else:
             with open(path, "rb") as f:
                 raw = f.read()
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise _fail(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from e
+        raise _bad(path, f"not UTF-8 text ({e.reason} at byte {e.start})") from e
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise _fail(path, f"malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
+        raise _bad(path, f"malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from e
 
 
 def _get(obj: Any, key: str, kind: type, path: str, where: str) -> Any:
     if not isinstance(obj, dict) or key not in obj:
-        raise _fail(path, f"{where} has no {key!r}")
+        raise _bad(path, f"{where} has no {key!r}")
     value = obj[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _fail(path, f"{where}: {key!r} is {type(value).__name__}, not {kind.__name__}")
+        raise _bad(path, f"{where}: {key!r} is {type(value).__name__}, not {kind.__name__}")
     return value
 
 
@@ -197,7 +197,7 @@ def read_squad(path: str | os.PathLike[str]) -> list[SquadExample]:
                     start = _get(ans, "answer_start", int, path, awhere)
                     if context[start : start + len(text)] != text:
                         found = context[start : start + len(text)]
-                        raise _fail(
+                        raise _bad(
                             path,
                             f"{awhere}: answer_start {start} gives {found!r}, not {text!r}",
                         )
@@ -205,7 +205,7 @@ def read_squad(path: str | os.PathLike[str]) -> list[SquadExample]:
                 if is_impossible:
                     answers = []
                 elif not answers:
-                    raise _fail(path, f"{qwhere} has no answers and is not marked impossible")
+                    raise _bad(path, f"{qwhere} has no answers and is not marked impossible")
                 examples.append(
                     SquadExample(qid, question, context, tuple(answers), is_impossible)
                 )
@@ -526,24 +526,9 @@ def decode_nbest(
     return predictions, nbest_all
 
 
-def decode(
-    features: Sequence[SquadFeature],
-    examples: Sequence[SquadExample],
-    start_logits: Any,
-    end_logits: Any,
-    n_best_size: int = 20,
-    max_answer_length: int = 30,
-    version_2: bool = False,
-    null_score_diff_threshold: float = 0.0,
-) -> dict[str, str]:
-    """Answer text per question id from start/end logits [N, L] (rules in the module doc)."""
-    return decode_nbest(
-        features,
-        examples,
-        start_logits,
-        end_logits,
-        n_best_size=n_best_size,
-        max_answer_length=max_answer_length,
-        version_2=version_2,
-        null_score_diff_threshold=null_score_diff_threshold,
-    )[0]
+def decode(features: Sequence[SquadFeature], examples: Sequence[SquadExample],
+           start_logits: Any, end_logits: Any, **options: Any) -> dict[str, str]:
+    """Answer text per question id from start/end logits [N, L] (rules in the module doc);
+    ``options`` are :func:`decode_nbest`'s (``n_best_size``, ``max_answer_length``,
+    ``version_2``, ``null_score_diff_threshold``)."""
+    return decode_nbest(features, examples, start_logits, end_logits, **options)[0]

@@ -36,12 +36,17 @@ DEFAULT_EXCLUDE: tuple[str, ...] = ("LayerNorm", "layer_norm", "bias")
 PyTree = Any
 
 
-def _key_name(key: Any) -> str:
-    """One path entry as text: dict keys, attribute names and sequence indices."""
-    for attr in ("key", "name", "idx"):
-        if hasattr(key, attr):
-            return str(getattr(key, attr))
-    return str(key)
+def path_names(path: Sequence[Any]) -> tuple[str, ...]:
+    """A pytree key path as text: dict keys, attribute names and sequence indices."""
+    out = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                out.append(str(getattr(key, attr)))
+                break
+        else:
+            out.append(str(key))
+    return tuple(out)
 
 
 def param_path_names(params: PyTree) -> PyTree:
@@ -53,11 +58,11 @@ def param_path_names(params: PyTree) -> PyTree:
     boxed = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
     if any(isinstance(x, nn.meta.AxisMetadata) for x in boxed):
         raise TypeError(
-            "albert_jax.optim works on unboxed parameter trees: apply "
+            "albert_jax.training.optim works on unboxed parameter trees: apply "
             "flax.linen.meta.unbox(params) first"
         )
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: "/".join(_key_name(k) for k in path), params
+        lambda path, _: "/".join(path_names(path)), params
     )
 
 
@@ -153,11 +158,10 @@ def albert_lamb(
 
 def adamw(
     learning_rate: optax.ScalarOrSchedule,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-6,
+    *,
     weight_decay: float = 0.01,
     exclude_from_weight_decay: Sequence[str] = DEFAULT_EXCLUDE,
+    b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
 ) -> optax.GradientTransformation:
     """``optax.adamw`` with ALBERT's weight-decay exclusions (LayerNorm and biases).
 
@@ -213,6 +217,10 @@ def warmup_polynomial_decay(
     return schedule
 
 
+# The optimizers a run config may name (``optimizer.name``): the one list of them.
+OPTIMIZERS = {"lamb": albert_lamb, "adamw": adamw}
+
+
 def make_optimizer(
     name: str,
     learning_rate: optax.ScalarOrSchedule,
@@ -237,12 +245,10 @@ def make_optimizer(
 
     Params passed to ``update`` must be unboxed.
     """
-    if name == "lamb":
-        opt = albert_lamb(learning_rate, weight_decay=weight_decay, **kw)
-    elif name == "adamw":
-        opt = adamw(learning_rate, weight_decay=weight_decay, **kw)
-    else:
-        raise ValueError(f"unknown optimizer {name!r}; expected 'lamb' or 'adamw'")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of "
+                         f"{', '.join(map(repr, OPTIMIZERS))}")
+    opt = OPTIMIZERS[name](learning_rate, weight_decay=weight_decay, **kw)
     if clip_norm is not None:
         opt = optax.chain(optax.clip_by_global_norm(clip_norm), opt)
     if accumulation_steps < 1:

@@ -1,0 +1,155 @@
+"""Atomic writes: every file and directory the package writes appears whole or not at all.
+
+One rule for the whole package: the content goes to a fresh, randomly named temporary in
+the target's own directory (``.NAME.XXXXXXXX.tmp``), created exclusively (``O_EXCL``,
+``O_NOFOLLOW``: a file or symlink planted at any name is never followed or reused), flushed
+to disk (``fsync``), then renamed onto the target, and the directory entry is synced. An
+error or interruption before the rename removes the temporary and leaves the target as it
+was. Temporaries are created ``0600``/``0700`` (nobody else can write into them meanwhile)
+and get the usual ``umask`` permissions just before the rename.
+
+    with atomic_file("preds.jsonl") as f:      # text ("w") or bytes ("wb")
+        f.write(...)
+    write_text("best.json", json.dumps(best))
+    with atomic_directory("model", overwrite=True) as tmp:
+        (tmp / "config.json").write_text(...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+
+def _temp_name(target: Path) -> tuple[str, str]:
+    """``(prefix, suffix)`` of the temporaries of ``target``: ``.NAME.<random>.tmp``."""
+    return f".{target.name}.", ".tmp"
+
+
+def _umask_mode(full: int) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return full & ~umask
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # pragma: no cover - e.g. a platform without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some filesystems refuse fsync on a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def check_target(path: str | os.PathLike) -> None:
+    """Raises (one line) if ``path`` cannot be written atomically: its directory is missing
+    or it is a directory. Lets a command refuse before doing any work."""
+    _check_parent(Path(path).absolute())
+
+
+def _check_parent(target: Path) -> None:
+    if not target.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {target}: no directory {target.parent}")
+    if target.is_dir() and not target.is_symlink():
+        raise IsADirectoryError(f"cannot write {target}: it is a directory")
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Yields a file object (``mode`` ``"w"``: UTF-8 text, ``"wb"``: bytes) whose content
+    replaces ``path`` when the block ends without an exception."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_file mode must be 'w' or 'wb', got {mode!r}")
+    target = Path(path).absolute()
+    _check_parent(target)
+    prefix, suffix = _temp_name(target)
+    # mkstemp: a fresh random name, O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=suffix)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode(0o666))
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(target.parent)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """``path`` atomically replaced by ``text`` (UTF-8)."""
+    with atomic_file(path, "w") as f:
+        f.write(text)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """``path`` atomically replaced by ``data``."""
+    with atomic_file(path, "wb") as f:
+        f.write(data)
+
+
+def _fsync_tree(root: Path) -> None:
+    for directory, _, files in os.walk(root):
+        for name in files:
+            p = os.path.join(directory, name)
+            if os.path.islink(p):
+                continue
+            fd = os.open(p, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_directory(Path(directory))
+
+
+@contextlib.contextmanager
+def atomic_directory(dest: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yields a fresh, empty temporary directory beside ``dest`` that replaces ``dest`` when
+    the block ends without an exception.
+
+    A non-empty existing ``dest`` is refused (``FileExistsError``) unless ``overwrite``; on
+    any error the temporary is removed and ``dest`` is left as it was. Replacing an
+    existing ``dest`` renames it aside first (directories cannot be renamed over a
+    non-empty one), then removes it.
+    """
+    dest = Path(dest).absolute()
+    if dest.exists() or dest.is_symlink():
+        if not dest.is_dir() or dest.is_symlink():
+            raise FileExistsError(f"{dest} exists and is not a directory")
+        if any(dest.iterdir()) and not overwrite:
+            raise FileExistsError(f"{dest} exists and is not empty (--overwrite replaces it)")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    prefix, suffix = _temp_name(dest)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=prefix, suffix=suffix))  # 0700
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        os.chmod(tmp, _umask_mode(0o777))
+        if dest.exists():
+            old = dest.parent / f"{prefix}{secrets.token_hex(8)}.old"
+            os.rename(dest, old)
+            try:
+                os.rename(tmp, dest)
+            except BaseException:
+                os.rename(old, dest)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, dest)
+        _fsync_directory(dest.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,265 @@
+"""Continuous dynamic batching of single rows from many requests onto one engine.
+
+Every :class:`~albert_jax.engine.Engine` gets one dedicated thread (JAX runs only there;
+the event loop only waits on futures). The thread takes whatever is queued into the next
+batch while it fits: at most ``max_batch_size`` rows and at most ``max_batch_tokens``
+*padded* tokens (rows bucket x length bucket, the shape the device really runs). The oldest
+row always rides in the next batch and sets its length bucket; younger rows of that bucket
+or shorter join it in arrival order, longer ones wait for the next batch (which goes at
+once), so short rows are not padded to long ones and no row starves. A batch is cut to the
+largest batch bucket it fills (the rows cut lead the next batch): padding rows cost compute
+too. When the queue holds less than a full batch the thread waits for more rows, but never
+longer than ``max_wait_s`` after the oldest one arrived; a full batch goes at once, and rows
+that arrive while the device is busy ride in the next batch.
+
+A batch's device time is shared among its rows in proportion to their tokens: that share
+is what a request is billed.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from albert_jax.engine import Engine, Row, bucket_for
+from albert_jax.serving.metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+
+class QueueFull(Exception):  # noqa: N818 - the name says what the caller sees
+    """More rows are waiting than ``max_queue`` allows."""
+
+
+@dataclasses.dataclass
+class RowResult:
+    """One row's outputs: the step's output ([V] probabilities for ``"probs"``), its billed
+    share of the batch's device time, and how long it queued."""
+
+    output: np.ndarray
+    runtime_s: float
+    queue_s: float
+    batch_rows: int
+
+
+@dataclasses.dataclass
+class _Item:
+    row: Row
+    future: concurrent.futures.Future
+    enqueued: float
+    taken: bool = False  # its future is running (it was in a gathered batch)
+
+
+class Batcher:
+    """Queues rows for one engine step and runs them in dynamic batches on its own thread."""
+
+    def __init__(self, engine: Engine, *, name: str, kind: str = "probs",
+                 max_batch_size: int = 32, max_batch_tokens: int = 8192,
+                 max_wait_s: float = 0.002, max_queue: int = 512,
+                 metrics: Metrics | None = None) -> None:
+        self.engine = engine
+        self.name = name
+        self.kind = kind
+        self.max_batch_size = min(max_batch_size, engine.batch_size)
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.metrics = metrics
+        smallest = engine.batch_buckets[0]
+        fitting = [n for n in engine.length_buckets if smallest * n <= max_batch_tokens]
+        if not fitting:
+            raise ValueError(f"--max-batch-tokens {max_batch_tokens} cannot hold one sequence "
+                             f"of the shortest length bucket ({engine.length_buckets[0]})")
+        # The longest row any batch can hold: longer ones are refused at admission.
+        self.max_length = min(engine.max_length, fitting[-1])
+        self.shapes = [(b, n) for n in engine.length_buckets if n <= self.max_length
+                       for b in engine.batch_buckets if b == smallest or b * n <= max_batch_tokens]
+        self.compiled = 0
+        self.ready = threading.Event()
+        self._queue: collections.deque[_Item] = collections.deque()
+        self._cond = threading.Condition()
+        self._waiting = 0  # rows queued or in the batch being gathered (what max_queue bounds)
+        self._stopping = False
+        self._busy = False
+        self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
+
+    # ------------------------------------------------------------------ caller side
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Runs every queued row, then ends the thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def queued(self) -> int:
+        """Rows waiting for the device (queued or in the batch being gathered)."""
+        return self._waiting
+
+    @property
+    def idle(self) -> bool:
+        with self._cond:
+            return not self._queue and not self._busy
+
+    def submit(self, rows: Sequence[Row]) -> list[concurrent.futures.Future]:
+        """Queues ``rows`` (all or none); a future of a :class:`RowResult` per row.
+
+        QueueFull when the queue cannot take them all; ValueError for a row longer than any
+        batch holds (callers check :attr:`max_length` first, with a better message).
+        """
+        for row in rows:
+            if not 0 < len(row.ids) <= self.max_length:
+                raise ValueError(f"{len(row.ids)} tokens: outside 1..{self.max_length}")
+        now = time.perf_counter()
+        items = [_Item(row, concurrent.futures.Future(), now) for row in rows]
+        with self._cond:
+            if self._stopping:
+                raise RuntimeError("the batcher is stopped")
+            if self._waiting + len(items) > self.max_queue:
+                raise QueueFull(f"{self._waiting} rows are waiting (at most "
+                                f"{self.max_queue})")
+            self._queue.extend(items)
+            self._waiting += len(items)
+            self._cond.notify_all()
+        self._gauge()
+        return [item.future for item in items]
+
+    # ------------------------------------------------------------------ engine thread
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.queue_size.labels(self.name).set(self._waiting)
+
+    def _warmup(self) -> None:
+        """Compiles every (batch, length) shape the server can run."""
+        start = time.perf_counter()
+        for b, n in self.shapes:
+            rows = [Row([1] * n, position=0)] * b
+            self.engine.run_batch(self.kind, rows)
+            self.compiled += 1
+        logger.info("%s: %d shapes compiled in %.1f s", self.name, len(self.shapes),
+                    time.perf_counter() - start)
+        self.ready.set()
+
+    def _padded(self, rows: int, longest: int) -> int:
+        return (bucket_for(rows, self.engine.batch_buckets)
+                * bucket_for(longest, self.engine.length_buckets))
+
+    def _take(self, batch: list[_Item], longest: int) -> tuple[int, bool]:
+        """Moves queued rows into ``batch``; (longest row, nothing more to wait for).
+
+        The oldest row sets the batch's length bucket; later rows join in arrival order when
+        they fit that bucket (none pays for another's padding) and the padded-token bound.
+        Rows that do not fit stay queued, in order, for the next batch, which then goes at
+        once: the batch counts as full. Called with the lock held; a row leaves
+        ``_waiting`` when its batch is dispatched (or here, when its request gave up).
+        """
+        lengths = self.engine.length_buckets
+        bucket = bucket_for(longest, lengths) if batch else None
+        skipped: collections.deque[_Item] = collections.deque()
+        while self._queue and len(batch) < self.max_batch_size:
+            item = self._queue.popleft()
+            n = len(item.row.ids)
+            if bucket is not None and (
+                    bucket_for(n, lengths) > bucket
+                    or self._padded(len(batch) + 1, bucket) > self.max_batch_tokens):
+                skipped.append(item)
+                continue
+            if not item.taken:
+                if not item.future.set_running_or_notify_cancel():
+                    self._waiting -= 1
+                    continue  # Its request gave up (timeout) while it queued.
+                item.taken = True
+            batch.append(item)
+            longest = max(longest, n)
+            if bucket is None:
+                bucket = bucket_for(n, lengths)
+        full = len(batch) >= self.max_batch_size or bool(skipped)
+        if skipped:
+            skipped.extend(self._queue)
+            self._queue = skipped
+        return longest, full
+
+    def _trim(self, batch: list[_Item]) -> None:
+        """Cuts ``batch`` to the largest batch bucket it fills; the rest go back to the front
+        of the queue and lead the next batch. Padding rows cost as much as real ones (on a
+        CPU fully), so 23 rows run as 16 now and 7 + newcomers next, not as 32."""
+        fits = [b for b in self.engine.batch_buckets if b <= len(batch)]
+        if fits and fits[-1] < len(batch):
+            rest = batch[fits[-1]:]
+            del batch[fits[-1]:]
+            self._queue.extendleft(reversed(rest))
+
+    def _next_batch(self) -> list[_Item] | None:
+        with self._cond:
+            while True:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if not self._queue:
+                    return None  # Stopping and drained.
+                deadline = self._queue[0].enqueued + self.max_wait_s
+                batch: list[_Item] = []
+                longest, full = self._take(batch, 0)
+                while not full and not self._stopping:
+                    left = deadline - time.perf_counter()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                    longest, full = self._take(batch, longest)
+                if batch:
+                    self._trim(batch)
+                    self._busy = True
+                    self._waiting -= len(batch)
+                    return batch
+
+    def _run(self) -> None:
+        try:
+            self._warmup()
+        except BaseException:
+            logger.exception("compiling the %s engine failed", self.name)
+            raise
+        while True:
+            batch = self._next_batch()
+            if batch is None:
+                return
+            self._gauge()
+            try:
+                self._run_batch(batch)
+            finally:
+                with self._cond:
+                    self._busy = False
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        start = time.perf_counter()
+        try:
+            out = self.engine.run_batch(self.kind, [item.row for item in batch])
+        except BaseException as e:  # A bug: every request of the batch learns of it.
+            logger.exception("engine batch of %d rows failed", len(batch))
+            for item in batch:
+                item.future.set_exception(e)
+            return
+        device_s = time.perf_counter() - start
+        tokens = [len(item.row.ids) for item in batch]
+        total = float(sum(tokens))
+        if self.metrics is not None:
+            m = self.metrics
+            m.batch_size.labels(self.name).observe(len(batch))
+            m.batch_tokens.labels(self.name).observe(total)
+            m.inference_seconds.labels(self.name).observe(device_s)
+            m.device_seconds.labels(self.name).inc(device_s)
+        for i, item in enumerate(batch):
+            queue_s = start - item.enqueued
+            if self.metrics is not None:
+                self.metrics.queue_seconds.labels(self.name).observe(queue_s)
+            item.future.set_result(RowResult(output=out[i], runtime_s=device_s * tokens[i] / total,
+                                             queue_s=queue_s, batch_rows=len(batch)))
