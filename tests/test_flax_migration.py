@@ -12,9 +12,12 @@ Flax classes when that version is installed.
 from __future__ import annotations
 
 import ast
-import inspect
+import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -225,17 +228,33 @@ CHECKS = {
 
 
 def test_transformers_column_matches_flax_albert():
-    """The FlaxAlbert side names real classes and arguments (transformers 4.x with Flax)."""
+    """The FlaxAlbert side names real classes and arguments (transformers 4.x with Flax).
+
+    Checked in a subprocess: conftest turns transformers' Flax models off (USE_FLAX=0)."""
     transformers = pytest.importorskip("transformers")
-    if not hasattr(transformers, "FlaxAlbertForMaskedLM"):
-        pytest.skip(f"transformers {transformers.__version__} has no Flax ALBERT")
     flax_column = " ".join(flax for _, flax, _ in table_rows())
-    for cls in sorted(set(re.findall(r"FlaxAlbert\w+", flax_column))):
-        assert hasattr(transformers, cls), cls
-    call = inspect.signature(transformers.FlaxAlbertForMaskedLM.__call__).parameters
+    classes = sorted(set(re.findall(r"FlaxAlbert\w+", flax_column)))
+    script = f"""
+import inspect, json, transformers
+from transformers.utils import is_flax_available
+out = {{"flax": is_flax_available() and hasattr(transformers, "FlaxAlbertForMaskedLM")}}
+if out["flax"]:
+    m = transformers.FlaxAlbertForMaskedLM
+    out["classes"] = {{c: hasattr(transformers, c) for c in {classes!r}}}
+    out["call"] = list(inspect.signature(m.__call__).parameters)
+    out["save"] = list(inspect.signature(m.save_pretrained).parameters)
+    out["to_bf16"] = hasattr(m, "to_bf16")
+print(json.dumps(out))
+"""
+    env = dict(os.environ, USE_FLAX="1", USE_TF="0", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if not out["flax"]:
+        pytest.skip(f"transformers {transformers.__version__} has no Flax ALBERT")
+    assert all(out["classes"].values()), out["classes"]
     for arg in ("params", "train", "dropout_rng", "output_hidden_states", "output_attentions",
                 "return_dict", "position_ids"):
-        assert arg in call, arg
-    assert "params" in inspect.signature(
-        transformers.FlaxAlbertForMaskedLM.save_pretrained).parameters
-    assert hasattr(transformers.FlaxAlbertForMaskedLM, "to_bf16")
+        assert arg in out["call"], arg
+    assert "params" in out["save"] and out["to_bf16"]
