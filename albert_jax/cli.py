@@ -306,7 +306,8 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
             except ValueError as e:
                 errors[i] = str(e)
         valid = sorted(prepared)
-        fm.plan(prepared[i] for i in valid)  # This window is known: fewest shapes to compile.
+        if not n:  # Shapes from the first window only: later windows reuse what compiled
+            fm.plan(prepared[i] for i in valid)  # (longer rows: the engine's fixed ladder).
         best = fm.stream_top_k((prepared[i] for i in valid), args.top_k, target_ids)
         for i, (text, bad_utf8) in enumerate(window):
             if bad_utf8:
@@ -1117,8 +1118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.setLevel(logging.WARNING)  # Notices that need attention; not routine info.
     # One-shot commands that write atomically: SIGTERM unwinds like Ctrl-C, so their
     # temporaries are removed. (serve drains on SIGTERM; training handles its own.)
-    if args.command in _SIGTERM_UNWINDS:
-        signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_sigterm = (signal.signal(signal.SIGTERM, _raise_terminated)
+                        if args.command in _SIGTERM_UNWINDS else None)
     where = args.command if training else None
     try:
         code = args.func(args)
@@ -1135,7 +1136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A write error carries no file name: it is the command's output, else stdout.
             e.filename = e.filename or getattr(args, "output", None) or getattr(
                 args, "dest", None)
-            _error(_write_error(e), where)
+            _error(_write_error(e, training), where)
         else:
             _error(str(e), where)
         return 2
@@ -1145,22 +1146,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(e), args.command)
         return 2
     except KeyboardInterrupt:
-        _error("interrupted: no output written", where)
+        _error(f"interrupted{_NOTHING_WRITTEN.get(args.command, '')}", where)
         return 130
     except _Terminated:
-        _error("terminated (SIGTERM): no output written", where)
+        _error(f"terminated (SIGTERM){_NOTHING_WRITTEN.get(args.command, '')}", where)
         return 128 + signal.SIGTERM
     finally:
         logger.removeHandler(handler)
+        if previous_sigterm is not None:  # main() may be called from Python: restore
+            signal.signal(signal.SIGTERM, previous_sigterm)
 
 
 _SIGTERM_UNWINDS = ("fill-mask", "score", "convert", "evaluate", "predict", "export")
+# What an interrupted command leaves: its output file or directory is not written at all.
+_NOTHING_WRITTEN = dict.fromkeys(("score", "convert", "predict", "export"),
+                                 ": no output written")
 
 
-def _write_error(e: OSError) -> str:
+def _write_error(e: OSError, training: bool) -> str:
     """One line for an OSError of where data went: a full disk, a read-only place."""
-    if e.filename:  # Our outputs are atomic: the temporary is already removed.
-        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    if e.filename:  # One-shot outputs are atomic: the temporary is already removed.
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and not training
         return (f"cannot write {e.filename}: {e.strerror}; nothing was written" if full
                 else f"{e.filename}: {e.strerror}")
     _drop_stdout()  # Mostly stdout (a full disk behind a redirect): it is incomplete.
