@@ -705,10 +705,10 @@ def test_fill_mask_input_path_on_random_bytes(tiny_fill_mask, data, mask, errors
 def test_every_load_path_checks_the_tokenizer_against_the_model(tiny_models, tmp_path):
     """load_pretrained, each task's from_pretrained and fine-tuning's model load refuse a
     tokenizer that does not fit, before any weight is read."""
-    from albert_jax import finetune
     from albert_jax.errors import TokenizerError
     from albert_jax.inference import Embedder, FillMask, PseudoLogLikelihood
     from albert_jax.pretrained import load_pretrained
+    from albert_jax.training import finetune, run_config
 
     model = Bench(tmp_path, tiny_models).model()
     edit_config(model, vocab_size=29999)
@@ -720,8 +720,8 @@ def test_every_load_path_checks_the_tokenizer_against_the_model(tiny_models, tmp
                  lambda: Embedder.from_pretrained(str(model))):
         with pytest.raises(TokenizerError, match=message):
             load()
-    config = finetune.base_config("sst2", learning_rate=1e-5, batch_size=8, steps=1, warmup=0,
-                                  max_seq_length=16)
+    config = run_config.finetune_config("sst2", learning_rate=1e-5, batch_size=8, steps=1,
+                                        warmup=0, max_seq_length=16)
     config.init = str(model)
     with pytest.raises(finetune.FinetuneError, match=message):
         finetune.load_init(config, finetune.family_for(config))
