@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import io
 import json
 import logging
+import math
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -42,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from albert_jax import compile_cache
-from albert_jax.atomic import atomic_file, check_target
+from albert_jax.atomic import atomic_file
 
 PROG = "albert-jax"
 DEFAULT_MODEL = "albert-base-v2"
@@ -54,9 +57,128 @@ class UserError(Exception):
     """A problem with what the user asked for; printed as one line, exit status 2."""
 
 
+# Longest error line printed: a message that echoes a huge input is cut (its length shown).
+MAX_MESSAGE = 1000
+
+
 def _one_line(message: object) -> str:
     # One line whatever the message holds: newlines would break log parsers.
-    return " ".join(str(message).split())
+    text = " ".join(str(message).split())
+    if len(text) > MAX_MESSAGE:
+        text = f"{text[:MAX_MESSAGE]}... ({len(text)} characters)"
+    return text
+
+
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwinds like KeyboardInterrupt, so temporaries are removed."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+# errno values of a write that failed because of where it went, not because of a bug.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES,
+                 errno.EPERM}
+
+
+def _writable_dir(directory: str) -> str | None:
+    """Why files cannot be created in ``directory`` (an existing directory), or None.
+
+    ``os.access`` misses a read-only mount for root, hence the ``statvfs`` flag too."""
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return "it is on a read-only filesystem"
+    except OSError:
+        pass
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return "it is not writable"
+    return None
+
+
+def _existing_ancestor(path: str) -> str:
+    """The nearest existing path at or above ``path``."""
+    path = os.path.abspath(path)
+    while not os.path.lexists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_output_file(path: str, option: str = "--output") -> None:
+    """UserError (one line naming ``path``) unless a file can be written there: its
+    directory exists and is writable, and ``path`` is not a directory. Called before any
+    work."""
+    target = os.path.abspath(path)
+    parent = os.path.dirname(target)
+    if os.path.isdir(target):
+        raise UserError(f"{option} {path}: it is a directory")
+    if not os.path.isdir(parent):
+        what = "is not a directory" if os.path.lexists(parent) else "does not exist"
+        raise UserError(f"{option} {path}: its directory {parent} {what}")
+    why = _writable_dir(parent)
+    if why:
+        raise UserError(f"{option} {path}: cannot write in {parent}: {why}")
+
+
+def check_output_dir(path: str, overwrite: bool, what: str = "DEST") -> None:
+    """UserError (one line naming ``path``) unless a directory can be written at ``path``
+    (as :func:`albert_jax.atomic.atomic_directory` does: missing parents are created).
+    Called before any work."""
+    target = os.path.abspath(path)
+    if os.path.lexists(target):
+        if not os.path.isdir(target) or os.path.islink(target):
+            raise UserError(f"{what} {path} exists and is not a directory")
+        if not overwrite and any(os.scandir(target)):
+            raise UserError(f"{what} {path} exists and is not empty (--overwrite replaces it)")
+    ancestor = _existing_ancestor(os.path.dirname(target))
+    if not os.path.isdir(ancestor):
+        raise UserError(f"{what} {path}: {ancestor} is not a directory")
+    why = _writable_dir(ancestor)
+    if why:
+        raise UserError(f"{what} {path}: cannot write in {ancestor}: {why}")
+
+
+def check_workdir(path: str) -> None:
+    """UserError (one line) unless ``path`` is, or can be created as, a writable
+    directory: a training run writes checkpoints and metrics there."""
+    target = os.path.abspath(path)
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise UserError(f"--workdir {path} exists and is not a directory")
+    ancestor = _existing_ancestor(target)
+    if not os.path.isdir(ancestor):
+        raise UserError(f"--workdir {path}: {ancestor} is not a directory")
+    why = _writable_dir(ancestor)
+    if why:
+        raise UserError(f"--workdir {path}: cannot write in {ancestor}: {why}")
+
+
+def _at_least(low: int, name: str = "", special: int | None = None):
+    """argparse type: an int >= ``low`` (or exactly ``special``, e.g. -1 for "all")."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
+        if value < low and value != special:
+            extra = f" (or {special})" if special is not None else ""
+            raise argparse.ArgumentTypeError(f"{name} must be at least {low}{extra}, got {value}")
+        return value
+    return parse
+
+
+def _finite(low: float, name: str = "", strict: bool = False):
+    """argparse type: a finite float >= ``low`` (> ``low`` when ``strict``)."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            bound = "greater than" if strict else "at least"
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number {bound} {low}, "
+                                             f"got {text}")
+        return value
+    return parse
 
 
 def _error(message: str, command: str | None = None) -> None:
@@ -68,6 +190,10 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with its usage errors as one line (no usage dump)."""
 
     def error(self, message: str):  # type: ignore[override]
+        # "argument --top-k: --top-k must be ..." (our types name their option): once.
+        head, sep, rest = message.partition(": ")
+        if sep and head.startswith("argument ") and rest.startswith(head[len("argument "):]):
+            message = rest
         print(f"{self.prog}: error: {_one_line(message)}", file=sys.stderr)
         raise SystemExit(2)
 
@@ -116,47 +242,104 @@ def _load_fill_mask(model: str):
         raise UserError(f"cannot load model {model!r}: {e}") from None
 
 
+# fill-mask reads stdin in windows of this many lines: memory does not grow with the
+# input, and each window's answers are printed (and flushed) before the next is read.
+FILL_MASK_WINDOW = 64
+
+
+def _decode(raw: bytes) -> tuple[str, bool]:
+    """(text, had invalid UTF-8): undecodable bytes become U+FFFD."""
+    try:
+        return raw.decode("utf-8"), False
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", errors="replace"), True
+
+
+def _argv_text(text: str) -> tuple[str, bool]:
+    """An argv string as (text, had invalid UTF-8): Python hands undecodable argv bytes
+    over as lone surrogates (surrogateescape); they become U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text, False
+    except UnicodeEncodeError:
+        return _decode(os.fsencode(text))[0], True
+
+
+def _stdin_windows(size: int) -> Iterator[list[tuple[str, bool]]]:
+    """stdin as lists of at most ``size`` (text, had invalid UTF-8) lines, read lazily."""
+    stream = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else None
+    window: list[tuple[str, bool]] = []
+    for line in stream if stream is not None else sys.stdin:
+        raw = line if isinstance(line, bytes) else line.encode("utf-8", "surrogateescape")
+        window.append(_decode(raw.rstrip(b"\r\n")))
+        if len(window) == size:
+            yield window
+            window = []
+    if window:
+        yield window
+
+
 def cmd_fill_mask(args: argparse.Namespace) -> int:
-    texts = list(args.text) if args.text else [line.rstrip("\r\n") for line in sys.stdin]
-    if not texts:
-        raise UserError("no input: give TEXT arguments or lines on stdin")
-    if args.top_k < 1:
-        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.text:
+        windows: Iterator[list[tuple[str, bool]]] = iter([[_argv_text(t) for t in args.text]])
+    else:
+        windows = _stdin_windows(FILL_MASK_WINDOW)
     targets = [t for t in args.targets.split(",") if t] if args.targets is not None else None
     if targets is not None and not targets:
         raise UserError("--targets is empty")
     _compile_cache(args)
+    first = next(windows, None)
+    if first is None:
+        raise UserError("no input: give TEXT arguments or lines on stdin")
     fm = _load_fill_mask(args.model or default_model())
     try:
         target_ids = None if targets is None else fm.target_ids(targets)
     except ValueError as e:
         raise UserError(str(e)) from None
 
-    prepared, errors = {}, {}
-    for i, text in enumerate(texts):
-        try:
-            prepared[i] = fm.prepare(text, i + 1)
-        except ValueError as e:
-            errors[i] = str(e)
-    valid = sorted(prepared)
-    fm.plan(prepared[i] for i in valid)  # The workload is known: fewest shapes to compile.
-    best = fm.stream_top_k((prepared[i] for i in valid), args.top_k, target_ids)
-    for i, text in enumerate(texts):
-        if i in errors:
-            sys.stdout.flush()
-            _error(errors[i])
+    failed, n = False, 0
+    for window in _chain(first, windows):
+        prepared, errors = {}, {}
+        for i, (text, _) in enumerate(window):
+            try:
+                prepared[i] = fm.prepare(text, n + i + 1)
+            except ValueError as e:
+                errors[i] = str(e)
+        valid = sorted(prepared)
+        if not n:  # Shapes from the first window only: later windows reuse what compiled
+            fm.plan(prepared[i] for i in valid)  # (longer rows: the engine's fixed ladder).
+        best = fm.stream_top_k((prepared[i] for i in valid), args.top_k, target_ids)
+        for i, (text, bad_utf8) in enumerate(window):
+            if bad_utf8:
+                sys.stdout.flush()
+                print(f"{PROG}: warning: input {n + i + 1} is not valid UTF-8: undecodable "
+                      "bytes replaced with U+FFFD", file=sys.stderr)
+            flag = {"invalid_utf8": True} if bad_utf8 else {}
+            if i in errors:
+                failed = True
+                sys.stdout.flush()
+                _error(errors[i])
+                if args.json:
+                    print(json.dumps({"input": text, "error": errors[i], **flag},
+                                     ensure_ascii=False))
+                continue
+            results = fm.format_top_k(prepared[i], *next(best))
             if args.json:
-                print(json.dumps({"input": text, "error": errors[i]}))
-            continue
-        results = fm.format_top_k(prepared[i], *next(best))
-        if args.json:
-            print(json.dumps({"input": text, "predictions": results}, ensure_ascii=False))
-        else:
-            if i and len(texts) > 1:
-                print()
-            for r in results:
-                print(f"{r['sequence']} ({_format_score(r['score'])})")
-    return 2 if errors else 0
+                print(json.dumps({"input": text, "predictions": results, **flag},
+                                 ensure_ascii=False))
+            else:
+                if n + i:
+                    print()
+                for r in results:
+                    print(f"{r['sequence']} ({_format_score(r['score'])})")
+        n += len(window)
+        sys.stdout.flush()  # This window's answers appear now, not at the end.
+    return 2 if failed else 0
+
+
+def _chain(first: list, rest: Iterator[list]) -> Iterator[list]:
+    yield first
+    yield from rest
 
 
 def _read_lines(path: str) -> list[tuple[str, bool]]:
@@ -284,24 +467,13 @@ def _score_records(task, args, lines, progress=None,
 def cmd_score(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.top_k < 1:
-        raise UserError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.max_length is not None and args.max_length < 3:
-        raise UserError(f"--max-length must be at least 3, got {args.max_length}")
     if args.task == "embed" and not args.output.endswith(".npy"):
         raise UserError(f"--task embed writes a .npy array: --output must end in .npy, "
                         f"got {args.output!r}")
     embed = args.task == "embed"
     status_path = args.output[: -len(".npy")] + ".jsonl" if embed else args.output
-    try:  # before any work: the outputs can be written
-        for path in {status_path, args.output}:
-            check_target(path)
-    except OSError as e:
-        raise UserError(str(e)) from None
-    if args.max_batch_tokens is not None and args.max_batch_tokens < 1:
-        raise UserError(f"--max-batch-tokens must be at least 1, got {args.max_batch_tokens}")
+    for path in dict.fromkeys((status_path, args.output)):  # before any work
+        check_output_file(path)
     lines = _read_lines(args.input)
     _compile_cache(args)
     primary, devices, prepared_errors = True, None, None
@@ -351,6 +523,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from albert_jax.conversion import ConversionError
     from albert_jax.sources import convert
 
+    check_output_dir(args.dest, args.overwrite)
     try:
         src = args.src
         if args.source_format == "tf":  # Google's TF checkpoints (albert_jax.tf_checkpoint).
@@ -401,38 +574,45 @@ def add_serve_command(sub) -> None:
                     help="a model to serve (repeatable); served as ALIAS, else its hub name, "
                     "else its directory's name")
     sv.add_argument("--host", default="127.0.0.1")
-    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--port", type=_at_least(0, "--port"), default=8000)
     sv.add_argument("--db", default=None, help="SQLAlchemy URL of the keys and usage database "
                     "(default: SQLite in the user data directory; postgresql+psycopg://... "
                     "for replicas)")
-    sv.add_argument("--price-per-second", type=float, default=0.0005,
+    sv.add_argument("--price-per-second", type=_finite(0.0, "--price-per-second"), default=0.0005,
                     help="price of a second of device time (default 0.0005)")
-    sv.add_argument("--max-batch-size", type=int, default=32, help="rows per batch (32)")
-    sv.add_argument("--max-batch-tokens", type=int, default=8192,
+    sv.add_argument("--max-batch-size", type=_at_least(1, "--max-batch-size"),
+                    default=32, help="rows per batch (32)")
+    sv.add_argument("--max-batch-tokens", type=_at_least(1, "--max-batch-tokens"), default=8192,
                     help="padded tokens per batch (8192)")
-    sv.add_argument("--max-wait-ms", type=float, default=2.0,
+    sv.add_argument("--max-wait-ms", type=_finite(0.0, "--max-wait-ms"), default=2.0,
                     help="longest wait for more rows while a batch is not full (2)")
-    sv.add_argument("--max-queue", type=int, default=512,
+    sv.add_argument("--max-queue", type=_at_least(1, "--max-queue"), default=512,
                     help="rows waiting per model before 429 (512)")
-    sv.add_argument("--max-body-bytes", type=int, default=1_000_000,
+    sv.add_argument("--max-body-bytes", type=_at_least(1, "--max-body-bytes"), default=1_000_000,
                     help="largest request body before 413 (1000000)")
-    sv.add_argument("--request-timeout-s", type=float, default=30.0,
+    sv.add_argument("--request-timeout-s", type=_finite(0.0, "--request-timeout-s", strict=True),
+                    default=30.0,
                     help="time to answer before 504 (30)")
     sv.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    sv.add_argument("--data", type=int, default=-1, help="data-parallel devices (default all)")
-    sv.add_argument("--tensor", type=int, default=1, help="tensor-parallel devices")
+    sv.add_argument("--data", type=_at_least(1, "--data", special=-1),
+                    default=-1, help="data-parallel devices (default all)")
+    sv.add_argument("--tensor", type=_at_least(1, "--tensor"),
+                    default=1, help="tensor-parallel devices")
     sv.add_argument("--cache-dir", help="persistent compilation cache directory")
     sv.add_argument("--allow-anonymous", action="store_true",
                     help="inference without a key too (rate-limited per client address)")
     sv.add_argument("--length-buckets", type=_length_buckets, default=None,
                     help="comma-separated sequence-length buckets to compile (default: the "
                     "engine's)")
-    sv.add_argument("--max-length", type=int, default=None,
+    sv.add_argument("--max-length", type=_at_least(3, "--max-length"), default=None,
                     help="longest input in tokens (default: the model's maximum)")
     sv.set_defaults(func=cmd_serve)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    if args.cache_dir is not None and os.path.lexists(args.cache_dir) and not os.path.isdir(
+            args.cache_dir):  # before loading anything (the server enables the cache later)
+        raise UserError(f"--cache-dir {args.cache_dir} is a file, not a directory")
     server = _import_serving("server")
     from albert_jax import hub
     from albert_jax.config import ConfigError
@@ -464,7 +644,7 @@ def add_keys_command(sub) -> None:
     create = ksub.add_parser("create", help="a new key, printed once")
     create.add_argument("--db", default=None, help=db_help)
     create.add_argument("--name", required=True)
-    create.add_argument("--rate-limit", type=int, default=None,
+    create.add_argument("--rate-limit", type=_at_least(1, "--rate-limit"), default=None,
                         help="requests per minute (default: no limit)")
     listing = ksub.add_parser("list", help="names, key prefixes, limits, status")
     listing.add_argument("--db", default=None, help=db_help)
@@ -540,9 +720,8 @@ def parse_config_args(argv: Sequence[str], example: str = "configs/pretrain/tiny
     except flags.Error as e:
         raise ConfigError(_one_line(e)) from None
     except (KeyError, AttributeError) as e:
-        # config_flags reports an unknown key as AttributeError(KeyError("'name'")).
-        key = str(e.args[0] if e.args else e).strip("\"'")
-        raise ConfigError(f"unknown config key in an override: {key}") from None
+        raise ConfigError(f"unknown config key in an override: {_unknown_key(e, argv)}"
+                          ) from None
     except (ValueError, TypeError) as e:
         raise ConfigError(_one_line(e)) from None
     if len(rest) > 1:
@@ -561,6 +740,24 @@ def parse_config_args(argv: Sequence[str], example: str = "configs/pretrain/tiny
             config.distributed = True
     _resolve_config_paths(config, _flag_value(args, "config"), args)
     return config, fv.workdir
+
+
+def _unknown_key(error: BaseException, argv: Sequence[str]) -> str:
+    """The override key behind config_flags' error for an unknown key.
+
+    config_flags raises AttributeError(KeyError("'name'")) (only the last part of the
+    key) or a message "... Attempting to lookup: a.b.c"; the key given is what helps."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    text = str(error.args[0]) if error.args else str(error)
+    if "Attempting to lookup: " in text:
+        return _one_line(text.rsplit("Attempting to lookup: ", 1)[1])
+    name = text.strip("\"'")
+    for arg in argv:  # the override whose dotted key holds that name
+        key = arg[len("--config."):].split("=", 1)[0] if arg.startswith("--config.") else ""
+        if name in key.split("."):
+            return key
+    return _one_line(name)
 
 
 def _resolve_config_paths(config: Any, config_file: str, args: Sequence[str]) -> None:
@@ -643,6 +840,7 @@ def _run_training(args: argparse.Namespace, run: Callable[[Any, str], Any],
             *(["--workdir", args.workdir] if args.workdir else []),
             *(["--distributed"] if args.distributed else []), *args.overrides]
     config, workdir = parse_config_args(argv, example=example)
+    check_workdir(workdir)  # before any work: a file, or a read-only place, is one line
     if config.get("distributed", False):
         from albert_jax.training.trainer import initialize_distributed
 
@@ -682,6 +880,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from albert_jax.training.finetune import predict
 
+    check_output_file(args.output)
     n = predict(args.output, args.workdir, args.model, args.split, args.input, args.batch_size)
     print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
     return 0
@@ -690,8 +889,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from albert_jax.training.export import export
 
-    print(export(args.workdir, args.dest, to=args.to, step=args.step, dtype=args.dtype,
-                 overwrite=args.overwrite))
+    check_output_dir(args.dest, args.overwrite)
+    # orbax warns through absl about each missing metadata file: the error below says it.
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        out = export(args.workdir, args.dest, to=args.to, step=args.step, dtype=args.dtype,
+                     overwrite=args.overwrite)
+    except (UserError, OSError, ValueError):
+        raise
+    except (KeyError, RuntimeError) as e:  # orbax on a damaged checkpoint directory
+        raise UserError(f"cannot export {args.workdir}: its checkpoint is damaged or "
+                        f"incomplete ({type(e).__name__}: {_one_line(e)})") from None
+    print(out)
     return 0
 
 
@@ -709,7 +918,8 @@ def add_fill_mask_command(sub: Any) -> None:
     )
     fm.add_argument("text", nargs="*", metavar="TEXT")
     fm.add_argument("--model", default=None, help=MODEL_HELP)
-    fm.add_argument("--top-k", type=int, default=5, help="completions per input (default 5)")
+    fm.add_argument("--top-k", type=_at_least(1, "--top-k"),
+                    default=5, help="completions per input (default 5)")
     fm.add_argument("--targets", help="comma-separated candidate tokens to score instead")
     fm.add_argument("--json", action="store_true",
                     help="one JSON object per input: {input, predictions} or {input, error}")
@@ -730,19 +940,23 @@ def add_score_command(sub: Any) -> None:
     sc.add_argument("--model", default=None, help=MODEL_HELP)
     sc.add_argument("--input", required=True, help="text file, one input per line; - for stdin")
     sc.add_argument("--output", required=True, help="JSON Lines file (embed: .npy)")
-    sc.add_argument("--batch-size", type=int, default=32, help="rows per step (default 32)")
-    sc.add_argument("--max-length", type=int, default=None,
+    sc.add_argument("--batch-size", type=_at_least(1, "--batch-size"),
+                    default=32, help="rows per step (default 32)")
+    sc.add_argument("--max-length", type=_at_least(3, "--max-length"), default=None,
                     help="longest input in tokens (default: the model's maximum)")
-    sc.add_argument("--top-k", type=int, default=5, help="fill-mask completions (default 5)")
+    sc.add_argument("--top-k", type=_at_least(1, "--top-k"),
+                    default=5, help="fill-mask completions (default 5)")
     sc.add_argument("--pooling", choices=("pooled", "cls", "mean"), default="mean",
                     help="embed: pooler output, [CLS] state or masked mean (default)")
     sc.add_argument("--word-l2r", action="store_true",
                     help="pll: also mask the rest of the scored piece's word (PLL-word-l2r)")
     sc.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    sc.add_argument("--data", type=int, default=-1, help="data-parallel devices (default all)")
-    sc.add_argument("--fsdp", type=int, default=1)
-    sc.add_argument("--tensor", type=int, default=1, help="tensor-parallel devices")
-    sc.add_argument("--max-batch-tokens", type=int, default=None,
+    sc.add_argument("--data", type=_at_least(1, "--data", special=-1),
+                    default=-1, help="data-parallel devices (default all)")
+    sc.add_argument("--fsdp", type=_at_least(1, "--fsdp"), default=1)
+    sc.add_argument("--tensor", type=_at_least(1, "--tensor"),
+                    default=1, help="tensor-parallel devices")
+    sc.add_argument("--max-batch-tokens", type=_at_least(1, "--max-batch-tokens"), default=None,
                     help="token budget per batch (rows x padded length; --batch-size stays "
                     "the row limit): short lines go in large batches, long ones in small")
     compile_cache.add_arguments(sc)
@@ -819,7 +1033,7 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default=None, help="a split of the task's data "
                    "(default: the dev split for evaluate, test for predict)")
     p.add_argument("--input", default=None, help="a file in the task's format instead")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--batch-size", type=_at_least(1, "--batch-size"), default=None)
 
 
 def add_evaluate_command(sub: Any) -> None:
@@ -848,7 +1062,8 @@ def add_export_command(sub: Any) -> None:
     p.add_argument("workdir", metavar="WORKDIR")
     p.add_argument("dest", metavar="DEST")
     p.add_argument("--overwrite", action="store_true", help="replace an existing DEST")
-    p.add_argument("--step", type=int, default=None, help="pretraining: the checkpoint step "
+    p.add_argument("--step", type=_at_least(0, "--step"),
+                   default=None, help="pretraining: the checkpoint step "
                    "(default: the latest)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
                    help="pretraining: storage dtype of the exported parameters (default float32)")
@@ -901,10 +1116,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not training:
         logger.addHandler(handler)
         logger.setLevel(logging.WARNING)  # Notices that need attention; not routine info.
+    # One-shot commands that write atomically: SIGTERM unwinds like Ctrl-C, so their
+    # temporaries are removed. (serve drains on SIGTERM; training handles its own.)
+    previous_sigterm = (signal.signal(signal.SIGTERM, _raise_terminated)
+                        if args.command in _SIGTERM_UNWINDS else None)
+    where = args.command if training else None
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # A full disk behind stdout fails here, inside the handlers.
+        return code
     except UserError as e:
-        _error(str(e), args.command if training else None)
+        _error(str(e), where)
+        return 2
+    except OSError as e:
+        if e.errno not in _WRITE_ERRNOS and not (training and isinstance(
+                e, _user_error_types())):
+            raise
+        if e.errno in _WRITE_ERRNOS:
+            # A write error carries no file name: it is the command's output, else stdout.
+            e.filename = e.filename or getattr(args, "output", None) or getattr(
+                args, "dest", None)
+            _error(_write_error(e, training), where)
+        else:
+            _error(str(e), where)
         return 2
     except _user_error_types() as e:
         if not training:  # an inference handler did not translate it: a real bug
@@ -912,9 +1146,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         _error(str(e), args.command)
         return 2
     except KeyboardInterrupt:
+        _error(f"interrupted{_NOTHING_WRITTEN.get(args.command, '')}", where)
         return 130
+    except _Terminated:
+        _error(f"terminated (SIGTERM){_NOTHING_WRITTEN.get(args.command, '')}", where)
+        return 128 + signal.SIGTERM
     finally:
         logger.removeHandler(handler)
+        if previous_sigterm is not None:  # main() may be called from Python: restore
+            signal.signal(signal.SIGTERM, previous_sigterm)
+
+
+_SIGTERM_UNWINDS = ("fill-mask", "score", "convert", "evaluate", "predict", "export")
+# What an interrupted command leaves: its output file or directory is not written at all.
+_NOTHING_WRITTEN = dict.fromkeys(("score", "convert", "predict", "export"),
+                                 ": no output written")
+
+
+def _write_error(e: OSError, training: bool) -> str:
+    """One line for an OSError of where data went: a full disk, a read-only place."""
+    if e.filename:  # One-shot outputs are atomic: the temporary is already removed.
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) and not training
+        return (f"cannot write {e.filename}: {e.strerror}; nothing was written" if full
+                else f"{e.filename}: {e.strerror}")
+    _drop_stdout()  # Mostly stdout (a full disk behind a redirect): it is incomplete.
+    return f"cannot write the output: {e.strerror or e}"
+
+
+def _drop_stdout() -> None:
+    """After a failed write to stdout (full disk): later flushes go nowhere, so the
+    interpreter's exit does not print a second error."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -50,6 +50,14 @@ _ENGINE_KWARGS = frozenset(f.name for f in dataclasses.fields(EngineOptions))
 logger = logging.getLogger(__name__)
 
 
+def _shown(text: str, limit: int = 60) -> str:
+    """``text`` as echoed in an error: its repr, cut to ``limit`` characters (with the
+    full length) when longer, so a 25 KB line does not make a 25 KB message."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
 def _as_texts(inputs: Any) -> tuple[bool, list]:
     """(single, texts): a string, or a list (any iterable but a mapping) of them."""
     if isinstance(inputs, str):
@@ -119,10 +127,10 @@ class _Pipeline:
             raise TypeError(f"{where}must be a string, got {type(text).__name__}")
         ids = self.tokenizer.encode(text)
         if len(ids) <= 2:
-            raise ValueError(f"{where}{text!r} is empty")
+            raise ValueError(f"{where}{_shown(text)} is empty")
         if len(ids) > self.max_length:
             raise ValueError(
-                f"{where}{text!r} is {len(ids)} tokens long; the model accepts at most "
+                f"{where}{_shown(text)} is {len(ids)} tokens long; the model accepts at most "
                 f"{self.max_length}"
             )
         return ids
@@ -171,12 +179,12 @@ class FillMask(_Pipeline):
         if count != 1:
             what = "no" if count == 0 else str(count)
             raise ValueError(
-                f"{where}{text!r} has {what} {self.tokenizer.mask_token} tokens; "
+                f"{where}{_shown(text)} has {what} {self.tokenizer.mask_token} tokens; "
                 "exactly one is required"
             )
         if len(ids) > self.max_length:
             raise ValueError(
-                f"{where}{text!r} is {len(ids)} tokens long; the model accepts at most "
+                f"{where}{_shown(text)} is {len(ids)} tokens long; the model accepts at most "
                 f"{self.max_length}"
             )
         return _Prepared(ids=ids, mask_index=ids.index(mask_id))
@@ -353,7 +361,7 @@ class PseudoLogLikelihood(_Pipeline):
         ids = self.encode(text, index)
         if not self.scored_positions(ids):
             where = f"input {index} " if index is not None else "input "
-            raise ValueError(f"{where}{text!r} has no token to score")
+            raise ValueError(f"{where}{_shown(text)} has no token to score")
         return ids
 
     def result(self, ids: Sequence[int], logprobs: np.ndarray) -> PLLResult:

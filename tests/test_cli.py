@@ -257,7 +257,7 @@ def test_score_failure_leaves_no_output(model_dir, tmp_path, monkeypatch, capsys
     [
         (["--config", "configs/pretrain/nope.py", "--workdir", "W"], "cannot load config file"),
         (["--config", "configs/pretrain/tiny.py", "--workdir", "W", "--config.model.bogus=3"],
-         "unknown config key in an override: bogus"),
+         "unknown config key in an override: model.bogus"),
         (["--workdir", "W"], "--config is required"),
     ],
 )

@@ -24,7 +24,9 @@ documented ValueError).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import pickle
@@ -41,7 +43,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from albert_jax import hub
+from albert_jax import cli, hub
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "the cat sat on the [MASK]."
@@ -93,6 +95,12 @@ class Case:
     outputs: tuple[str, ...] = ()
     stdin: bytes | None = None
     check_output: Callable[[Bench, str], None] | None = None  # stdout of a success.
+    # Training commands log through the library: its WARNING notices may precede the line.
+    allow_notices: bool = False
+    kept: tuple[str, ...] = ()  # Outputs an error may leave (a workdir's run config).
+    # Refused before any work (argparse, the output and workdir checks): run through
+    # cli.main in this process, which skips only the interpreter start.
+    quick: bool = False
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -105,6 +113,11 @@ def edit_config(directory: Path, **changes) -> None:
 
 def fill_mask(directory: Path, *extra: str) -> list[str]:
     return ["fill-mask", "--model", str(directory), *extra, PROMPT]
+
+
+def fill_mask_on(directory: Path, *args: str) -> list[str]:
+    """fill-mask on ``directory`` with ``args`` (texts or options; none: stdin)."""
+    return ["fill-mask", "--model", str(directory), *args]
 
 
 def write(path: Path, data: bytes | str) -> Path:
@@ -202,6 +215,176 @@ def convert_then(change: Callable[[Path], object], fmt: str = "hf"):
         return ["convert", str(model), str(bench.tmp / "out")]
     return setup
 
+
+def score_args(bench: Bench, *extra: str, output: str = "out.jsonl", task: str = "pll",
+               text: str = PROMPT) -> list[str]:
+    """setup: ``score`` of a one-line file with a fresh model."""
+    source = write(bench.tmp / "in.txt", text + "\n")
+    return ["score", "--task", task, "--model", str(bench.model()), "--input", str(source),
+            "--output", str(bench.tmp / output), "--quiet", *extra]
+
+
+def a_dir(bench: Bench, name: str = "adir") -> Path:
+    (bench.tmp / name).mkdir()
+    return bench.tmp / name
+
+
+def a_file(bench: Bench, name: str = "afile") -> Path:
+    return write(bench.tmp / name, "precious")
+
+
+def damaged_workdir(bench: Bench) -> Path:
+    """A pretraining workdir whose latest checkpoint step holds no checkpoint."""
+    step = bench.tmp / "wd" / "checkpoints" / "5"
+    step.mkdir(parents=True)
+    write(step / "junk", "not a checkpoint")
+    return bench.tmp / "wd"
+
+
+def training(command: str, workdir: Path | str, *overrides: str) -> list[str]:
+    config = ROOT / "configs" / ("pretrain/tiny.py" if command == "pretrain"
+                                 else "finetune/sst2.py")
+    return [command, "--config", str(config), "--workdir", str(workdir), *overrides]
+
+
+def header_only_glue(bench: Bench) -> list[str]:
+    data = bench.tmp / "sst"
+    data.mkdir()
+    for split in ("train", "dev", "test"):
+        write(data / f"{split}.tsv", "sentence\tlabel\n")
+    return training("finetune", bench.tmp / "run", f"--config.data.manual_dir={data}",
+                    f"--config.init={bench.model()}", "--config.num_train_steps=2",
+                    "--config.global_batch_size=8", "--config.max_seq_length=16")
+
+
+def check_two_answers(bench: Bench, stdout: str) -> None:
+    blocks = stdout.strip("\n").split("\n\n")
+    assert len(blocks) == 2 and all(len(b.splitlines()) == 5 for b in blocks), stdout
+    assert "\ufffd" in blocks[1] or "\ufffd" not in stdout  # decoded, not dropped
+
+
+def check_json_flags(bench: Bench, stdout: str) -> None:
+    records = [json.loads(line) for line in stdout.splitlines()]
+    assert [r.get("invalid_utf8", False) for r in records] == [False, True]
+    assert records[1]["input"] == "the \ufffd dog [MASK]."
+    assert all(len(r["predictions"]) == 5 for r in records)
+
+
+def check_short_record(bench: Bench, stdout: str) -> None:
+    [record] = [json.loads(x) for x in (bench.tmp / "out.jsonl").read_text().splitlines()]
+    assert "(25000 characters)" in record["error"] and len(record["error"]) < 200, record
+
+
+LONG = "x" * 25000
+NOT_UTF8 = "the \ufffd dog [MASK]."
+
+CLI_CASES = [
+    # Output paths, checked before any work (the model is never loaded).
+    Case("score: --output is a directory",
+         lambda b: score_args(b, output=a_dir(b).name), 2, "adir: it is a directory", quick=True),
+    Case("score: --output's directory is missing",
+         lambda b: score_args(b, output="nodir/out.jsonl"), 2, "nodir does not exist", quick=True),
+    Case("score: --output below a file",
+         lambda b: score_args(b, output=f"{a_file(b).name}/out.jsonl"), 2,
+         "afile is not a directory", quick=True),
+    Case("score embed: its status file is a directory",
+         lambda b: (a_dir(b, "out.jsonl"), score_args(b, task="embed", output="out.npy"))[1], 2,
+         "out.jsonl: it is a directory", quick=True),
+    Case("predict: --output is a directory",
+         lambda b: ["predict", "--model", str(b.model()), "--output", str(a_dir(b))], 2,
+         "adir: it is a directory", quick=True),
+    Case("predict: --output's directory is missing",
+         lambda b: ["predict", "--model", str(b.model()), "--output", str(b.tmp / "no/p.jsonl")],
+         2, "does not exist", quick=True),
+    Case("convert: DEST is a file",
+         lambda b: ["convert", str(b.model()), str(a_file(b))], 2,
+         "afile exists and is not a directory", quick=True),
+    Case("convert: DEST below a file",
+         lambda b: ["convert", str(b.model()), str(a_file(b) / "out")], 2,
+         "afile is not a directory", quick=True),
+    Case("export: DEST is not empty",
+         lambda b: ["export", str(damaged_workdir(b)), str(write_dir(b.tmp / "busy"))], 2,
+         "exists and is not empty (--overwrite replaces it)", quick=True),
+    Case("export: a damaged workdir",
+         lambda b: ["export", str(damaged_workdir(b)), str(b.tmp / "out")], 2,
+         "its checkpoint is damaged or incomplete", outputs=("out",)),
+    Case("export: not a workdir",
+         lambda b: ["export", str(a_dir(b)), str(b.tmp / "out")], 2, "no checkpoints in",
+         outputs=("out",), quick=True),
+    # Workdirs, checked before the run starts.
+    Case("pretrain: --workdir is a file", lambda b: training("pretrain", a_file(b)), 2,
+         "afile exists and is not a directory", quick=True),
+    Case("finetune: --workdir below a file",
+         lambda b: training("finetune", a_file(b) / "run"), 2, "afile is not a directory",
+         quick=True),
+    # Numeric flags that make no sense: one argparse line each.
+    Case("score: --tensor 0", lambda b: score_args(b, "--tensor", "0"), 2,
+         "--tensor must be at least 1, got 0", quick=True),
+    Case("score: --data 0", lambda b: score_args(b, "--data", "0"), 2,
+         "--data must be at least 1 (or -1), got 0", quick=True),
+    Case("score: --fsdp -3", lambda b: score_args(b, "--fsdp", "-3"), 2,
+         "--fsdp must be at least 1", quick=True),
+    Case("score: --max-batch-tokens 0", lambda b: score_args(b, "--max-batch-tokens", "0"), 2,
+         "--max-batch-tokens must be at least 1", quick=True),
+    Case("score: --batch-size not a number", lambda b: score_args(b, "--batch-size", "lots"),
+         2, "--batch-size must be an integer, got 'lots'", quick=True),
+    Case("fill-mask: --top-k 0", lambda b: fill_mask(b.model(), "--top-k", "0"), 2,
+         "--top-k must be at least 1, got 0", quick=True),
+    Case("serve: --max-queue 0", lambda b: ["serve", "--model", "m", "--max-queue", "0"], 2,
+         "--max-queue must be at least 1", quick=True),
+    Case("serve: --price-per-second nan",
+         lambda b: ["serve", "--model", "m", "--price-per-second", "nan"], 2,
+         "--price-per-second must be a finite number", quick=True),
+    Case("serve: --request-timeout-s 0",
+         lambda b: ["serve", "--model", "m", "--request-timeout-s", "0"], 2,
+         "--request-timeout-s must be a finite number greater than 0", quick=True),
+    Case("keys create: --rate-limit 0",
+         lambda b: ["keys", "create", "--name", "k", "--rate-limit", "0"], 2,
+         "--rate-limit must be at least 1", quick=True),
+    Case("evaluate: --batch-size 0",
+         lambda b: ["evaluate", "--model", str(b.model()), "--batch-size", "0"], 2,
+         "--batch-size must be at least 1", quick=True),
+    Case("export: --step -1",
+         lambda b: ["export", str(a_dir(b)), str(b.tmp / "out"), "--step", "-1"], 2,
+         "--step must be at least 0", quick=True),
+    # --cache-dir that is a file.
+    Case("fill-mask: --cache-dir is a file",
+         lambda b: fill_mask(b.model(), "--cache-dir", str(a_file(b))), 2,
+         "afile is a file, not a directory", quick=True),
+    Case("score: --cache-dir is a file",
+         lambda b: score_args(b, "--cache-dir", str(a_file(b))), 2,
+         "afile is a file, not a directory", quick=True),
+    Case("serve: --cache-dir is a file",
+         lambda b: ["serve", "--model", str(b.model()), "--cache-dir", str(a_file(b))], 2,
+         "afile is a file, not a directory", quick=True),
+    # Messages: no echo of a 25 KB input, no literal \n, the full key of an override.
+    Case("fill-mask: a 25 KB input is not echoed whole", lambda b: fill_mask_on(b.model(), LONG),
+         2, "'... (25000 characters) has no [MASK] tokens"),
+    Case("score: a 25 KB line's record is short", lambda b: score_args(b, text=LONG), 1,
+         "0 of 1 lines scored (1 failed)", outputs=("out.jsonl",),
+         check_output=check_short_record),
+    Case("pretrain: unknown nested override",
+         lambda b: training("pretrain", b.tmp / "run", "--config.optimizer.learning_rate.x=1"),
+         2, "unknown config key in an override: optimizer.learning_rate.x", quick=True),
+    Case("pretrain: unknown key in a section",
+         lambda b: training("pretrain", b.tmp / "run", "--config.data.bogus=1"), 2,
+         "unknown config key in an override: data.bogus", quick=True),
+    # Invalid UTF-8 in the inputs: decoded with U+FFFD, flagged, every input answered.
+    Case("fill-mask: invalid UTF-8 on stdin", lambda b: fill_mask_on(b.model()), 0,
+         "input 2 is not valid UTF-8", stdin=f"{PROMPT}\n".encode() + b"the \xff dog [MASK].\n",
+         check_output=check_two_answers),
+    Case("fill-mask --json: invalid UTF-8 on stdin flagged in its record",
+         lambda b: fill_mask_on(b.model(), "--json"), 0, "input 2 is not valid UTF-8",
+         stdin=f"{PROMPT}\n".encode() + b"the \xff dog [MASK].\n",
+         check_output=check_json_flags),
+    Case("fill-mask: invalid UTF-8 in argv",
+         lambda b: fill_mask_on(b.model(), PROMPT, os.fsdecode(b"the \xff dog [MASK].")),
+         0, "input 2 is not valid UTF-8", check_output=check_two_answers),
+    # Fine-tuning data.
+    Case("finetune: a header-only TSV", header_only_glue, 2,
+         "train.tsv: no examples (the file holds at most a header line)",
+         outputs=("run",), kept=("run", "run/finetune_config.json"), allow_notices=True),
+]
 
 INVALID_UTF8 = b'{"model_type": "albert", "hidden_act": "gelu\xff\xfe"}'
 
@@ -313,6 +496,7 @@ CASES = [
     Case("convert into a non-empty directory",
          lambda b: ["convert", str(b.model()), str(write_dir(b.tmp / "busy"))], 2,
          "exists and is not empty"),
+    *CLI_CASES,
 ]
 
 
@@ -385,8 +569,23 @@ def catalogue_runs(request, tiny_models, tmp_path_factory) -> dict[str, Run]:
         proc = run_cli(argv, bench.tmp, case.stdin)
         return Run(bench, before, snapshot(bench.tmp), proc)
 
+    def run_here(case: Case) -> Run:
+        bench = benches[case.name]
+        (bench.tmp / "hf-home").mkdir()
+        argv = case.setup(bench)
+        before = snapshot(bench.tmp)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(argv)
+        proc = subprocess.CompletedProcess(argv, code, out.getvalue().encode(),
+                                           err.getvalue().encode())
+        return Run(bench, before, snapshot(bench.tmp), proc)
+
+    runs = {c.name: run_here(c) for c in selected if c.quick}
+    slow = [c for c in selected if not c.quick]
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(benches, pool.map(run, selected), strict=True))
+        runs.update(zip((c.name for c in slow), pool.map(run, slow), strict=True))
+    return runs
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
@@ -402,19 +601,30 @@ def test_catalogue(case: Case, catalogue_runs):
         assert stderr == "", stderr
     else:
         lines = stderr.splitlines()
-        assert len(lines) == 1, stderr
-        assert case.message in lines[0], lines[0]
+        if case.allow_notices:
+            lines = [x for x in lines if not x.startswith("WARNING:")]
+        assert_one_line("\n".join(lines), case.message)
     # Nothing but the declared outputs changed: no temporary litter, no input touched.
     changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
     changed.discard(".")  # The directory itself: its mtime moves when an output is added.
     assert not {p for p in changed if not under(p, case.outputs)}, sorted(changed)
-    if case.exit_code == 0:
-        if case.check_output is not None:
-            case.check_output(bench, stdout)
-    else:
+    if case.check_output is not None:  # a success, or score's "some lines failed" (1)
+        case.check_output(bench, stdout)
+    elif case.exit_code != 0:
         assert stdout == "", stdout
-        assert not any(under(p, case.outputs) for p in after), "an output was written"
+        assert not any(under(p, case.outputs) for p in after if p not in case.kept), \
+            "an output was written"
         assert not (bench.tmp / "pwned").exists()
+
+
+def assert_one_line(stderr: str, message: str) -> None:
+    """stderr is one short line holding ``message``: no traceback, no echoed megabytes,
+    no escaped newline."""
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in stderr and "\\n" not in lines[0], lines[0]
+    assert len(lines[0]) <= 1100, len(lines[0])  # cli.MAX_MESSAGE plus the prefix
 
 
 def test_catalogue_covers_both_formats_and_commands():
@@ -498,10 +708,7 @@ def test_every_load_path_checks_the_tokenizer_against_the_model(tiny_models, tmp
     from albert_jax.errors import TokenizerError
     from albert_jax.inference import Embedder, FillMask, PseudoLogLikelihood
     from albert_jax.pretrained import load_pretrained
-    from albert_jax.training import finetune
-    from albert_jax.training.run_config import finetune_config
-    from albert_jax.training.tasks import family_for
-    from albert_jax.training.tasks.base import FinetuneError
+    from albert_jax.training import finetune, run_config
 
     model = Bench(tmp_path, tiny_models).model()
     edit_config(model, vocab_size=29999)
@@ -513,8 +720,157 @@ def test_every_load_path_checks_the_tokenizer_against_the_model(tiny_models, tmp
                  lambda: Embedder.from_pretrained(str(model))):
         with pytest.raises(TokenizerError, match=message):
             load()
-    config = finetune_config("sst2", learning_rate=1e-5, batch_size=8, steps=1, warmup=0,
-                             max_seq_length=16)
+    config = run_config.finetune_config("sst2", learning_rate=1e-5, batch_size=8, steps=1,
+                                        warmup=0, max_seq_length=16)
     config.init = str(model)
-    with pytest.raises(FinetuneError, match=message):
-        finetune.load_init(config, family_for(config))
+    with pytest.raises(finetune.FinetuneError, match=message):
+        finetune.load_init(config, finetune.family_for(config))
+
+
+# ---------------------------------------------------------------------------- signals, streams
+def cli_env(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
+               HF_HOME=str(tmp / "hf-home"), HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu",
+               PYTHONDONTWRITEBYTECODE="1")
+    return env
+
+
+def test_sigterm_during_score_removes_the_temporary(tiny_models, tmp_path):
+    """A real SIGTERM while score writes: exit 143, one line, no output, no temporary."""
+    import signal
+    import time
+
+    model = Bench(tmp_path, tiny_models).model()
+    source = write(tmp_path / "in.txt", "the cat sat on the mat.\n" * 20000)
+    before = snapshot(tmp_path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "albert_jax.cli", "score", "--task", "pll", "--model",
+         str(model), "--input", str(source), "--output", str(tmp_path / "out.jsonl"),
+         "--quiet", "--no-compile-cache"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(tmp_path), cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.jsonl.*.tmp")):  # the temporary exists: mid-run
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert_one_line(stderr.decode(), "terminated (SIGTERM): no output written")
+    assert stdout == b""
+    assert snapshot(tmp_path).keys() - {"hf-home"} == before.keys() - {"hf-home"}
+
+
+def test_fill_mask_answers_stdin_before_it_is_closed(tiny_models, tmp_path):
+    """stdin is read in windows: the first window's answers appear while stdin stays
+    open (a command that read everything first would print nothing yet)."""
+    import select
+
+    model = Bench(tmp_path, tiny_models).model()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "albert_jax.cli", "fill-mask", "--model", str(model),
+         "--top-k", "1", "--json", "--no-compile-cache"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=cli_env(tmp_path), cwd=tmp_path)
+    try:
+        proc.stdin.write(f"{PROMPT}\n".encode() * cli.FILL_MASK_WINDOW)
+        proc.stdin.flush()
+        ready, _, _ = select.select([proc.stdout], [], [], 120)
+        assert ready, "no answer within 120 s while stdin is open"
+        first = json.loads(proc.stdout.readline())
+        assert first["input"] == PROMPT and len(first["predictions"]) == 1
+        assert proc.poll() is None  # still waiting for more input
+        proc.stdin.write(f"{PROMPT}\n".encode())
+        proc.stdin.close()
+        rest, stderr = proc.stdout.read(), proc.stderr.read()
+        assert proc.wait(timeout=120) == 0, stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(rest.decode().splitlines()) == cli.FILL_MASK_WINDOW  # 63 + the last line
+    assert stderr == b""
+
+
+# ---------------------------------------------------------------------------- real filesystems
+def _mount_tmpfs(where: Path, options: str) -> None:
+    """A real tmpfs at ``where`` (root only; skips with the reason otherwise)."""
+    where.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+
+
+@pytest.fixture
+def mounts():
+    mounted: list[Path] = []
+    yield mounted
+    for where in mounted:
+        subprocess.run(["umount", str(where)], check=False)
+
+
+def test_full_disk_while_score_writes(tiny_models, tmp_path, mounts):
+    """A real full filesystem (a 16 KiB tmpfs): one line naming the output, exit 2, and
+    nothing left on it (the partial temporary is removed)."""
+    full = tmp_path / "full"
+    _mount_tmpfs(full, "size=16k")
+    mounts.append(full)
+    model = Bench(tmp_path, tiny_models).model()
+    source = write(tmp_path / "in.txt", f"{PROMPT}\n" * 300)  # ~100 KB of records
+    proc = run_cli(["score", "--task", "fill-mask", "--model", str(model), "--input",
+                    str(source), "--output", str(full / "out.jsonl"), "--quiet",
+                    "--no-compile-cache"], tmp_path, None)
+    assert proc.returncode == 2, proc.stderr
+    assert_one_line(proc.stderr.decode(), f"cannot write {full / 'out.jsonl'}: No space left")
+    assert list(full.iterdir()) == []
+
+
+def test_full_disk_behind_stdout(tiny_models, tmp_path):
+    """stdout redirected to /dev/full (every write: ENOSPC): one line, exit 2."""
+    model = Bench(tmp_path, tiny_models).model()
+    env = cli_env(tmp_path)
+    with open("/dev/full", "wb") as devfull:
+        proc = subprocess.run([sys.executable, "-m", "albert_jax.cli", "fill-mask", "--model",
+                               str(model), "--no-compile-cache", PROMPT], stdout=devfull,
+                              stderr=subprocess.PIPE, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert_one_line(proc.stderr.decode(), "cannot write the output: No space left on device")
+
+
+def _read_only_dir(where: Path, mounts: list[Path]) -> None:
+    """A directory nobody may write: a read-only tmpfs as root, else mode 0555."""
+    if os.geteuid() == 0:
+        _mount_tmpfs(where, "ro,size=16k")
+        mounts.append(where)
+    else:
+        where.mkdir()
+        where.chmod(0o555)
+
+
+READ_ONLY_COMMANDS = {
+    "score": lambda b, ro: score_args(b, output=f"{ro.name}/out.jsonl"),
+    "predict": lambda b, ro: ["predict", "--model", str(b.model()), "--output",
+                              str(ro / "p.jsonl")],
+    "convert": lambda b, ro: ["convert", str(b.model()), str(ro / "out")],
+    "export": lambda b, ro: ["export", str(damaged_workdir(b)), str(ro / "out")],
+    "pretrain": lambda b, ro: training("pretrain", ro / "run"),
+    "finetune": lambda b, ro: training("finetune", ro),
+}
+
+
+@pytest.mark.parametrize("command", READ_ONLY_COMMANDS)
+def test_read_only_output_is_refused_before_any_work(command, tiny_models, tmp_path, mounts):
+    ro = tmp_path / "ro"
+    _read_only_dir(ro, mounts)
+    bench = Bench(tmp_path, tiny_models)
+    argv = READ_ONLY_COMMANDS[command](bench, ro)
+    before = snapshot(tmp_path)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(argv)
+    assert code == 2 and out.getvalue() == ""
+    why = "it is on a read-only filesystem" if os.geteuid() == 0 else "it is not writable"
+    assert_one_line(err.getvalue(), f"cannot write in {ro}: {why}")
+    assert snapshot(tmp_path) == before

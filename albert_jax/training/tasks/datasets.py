@@ -278,6 +278,7 @@ def read_glue_tsv(task: str, path: str | os.PathLike[str], split: str) -> Iterat
     text_b = columns[spec.text_b] if spec.text_b else None
     needed = 1 + max(i for i in (text_a, text_b, label) if i is not None)
     unlabeled: int | float = -1 if spec.label_names else -1.0
+    idx = -1
     for idx, (n, fields) in enumerate(rows):
         if len(fields) < needed:
             raise DataError(
@@ -294,6 +295,8 @@ def read_glue_tsv(task: str, path: str | os.PathLike[str], split: str) -> Iterat
                 else unlabeled
             ),
         }
+    if idx < 0:  # An empty split would train on nothing or divide by zero later.
+        raise DataError(f"{path}: no examples (the file holds at most a header line)")
 
 
 def _fingerprint(files: dict[str, Path]) -> dict[str, list]:
@@ -483,6 +486,8 @@ def _local_source(spec: GlueTask, split: str, manual_dir: Path, data_dir: str | 
     if split not in files:
         names = " or ".join(spec.split_files()[split])
         raise DataError(f"GLUE {spec.name} {split}: no {names} in {manual_dir} (or below it)")
+    for name, path in files.items():  # A bad header or no example: one line, before TFDS.
+        next(read_glue_tsv(spec.name, path, name), None)
     builder = LocalGlue(data_dir=data_dir, config=spec.name, file_format="array_record")
     dl = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
     if builder.is_prepared():
