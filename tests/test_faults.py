@@ -133,7 +133,7 @@ def _complete_model(dest: Path) -> bool:
     return bool(load_file(dest / "model.safetensors"))
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.05])
+@pytest.mark.parametrize("delay", [0.0, pytest.param(0.05, marks=pytest.mark.slow)])
 def test_kill_during_convert_leaves_nothing_after_the_next_run(tmp_path, delay):
     dest = tmp_path / "hf"
     cmd = _cli("convert", "albert-mini", str(dest), "--to", "hf")
@@ -153,7 +153,7 @@ def test_kill_during_score_leaves_nothing_after_the_next_run(tmp_path):
     rng = random.Random(11)
     src = tmp_path / "in.txt"
     src.write_text("".join(f"line {i}: the old man and the sea, a story of {rng.random()}\n"
-                           for i in range(80)))
+                           for i in range(48)))
     out = tmp_path / "out" / "scores.jsonl"
     out.parent.mkdir()
     cmd = _cli("score", "--task", "pll", "--model", "albert-mini", "--input", str(src),
@@ -161,13 +161,13 @@ def test_kill_during_score_leaves_nothing_after_the_next_run(tmp_path):
     kills = 0
     for delay in (0.0, rng.uniform(0.2, 1.5)):  # as the temporary appears; mid-scoring
         kills += _kill_when(cmd, lambda: bool(_ours(out.parent)), delay)
-        assert not out.exists() or len(out.read_text().splitlines()) == 80
+        assert not out.exists() or len(out.read_text().splitlines()) == 48
     assert kills >= 1
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert os.listdir(out.parent) == ["scores.jsonl"]
     lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [r["line"] for r in lines] == list(range(1, 81))
+    assert [r["line"] for r in lines] == list(range(1, 49))
 
 
 # ============================================================================ the workdir lock
@@ -343,7 +343,7 @@ def tfds_dir(tmp_path_factory):
 @needs_corpus
 def test_pretrain_lock_kill_mid_save_and_corrupt_checkpoint(tmp_path, tfds_dir):
     wd = tmp_path / "run"
-    steps = 12
+    steps = 8
     proc = subprocess.Popen(_pretrain_cmd(wd, tfds_dir, steps), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -360,10 +360,10 @@ def test_pretrain_lock_kill_mid_save_and_corrupt_checkpoint(tmp_path, tfds_dir):
         assert second.returncode == 2
         err = second.stderr.strip().splitlines()
         assert len(err) == 1 and f"process {proc.pid}" in err[0] and "Traceback" not in err[0]
-        # kill -9 while orbax writes a step (its temporary directory exists), after the
-        # first step is committed.
+        # kill -9 while orbax writes a step (its temporary directory exists), once two
+        # steps are committed (the newest is then corrupted: the run falls back to the other).
         deadline = time.time() + 180
-        while not (_committed(wd) and _orbax_tmp(wd)):
+        while not (len(_committed(wd)) >= 2 and _orbax_tmp(wd)):
             assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-2000:]
             time.sleep(0.002)
         proc.send_signal(signal.SIGKILL)
@@ -373,12 +373,14 @@ def test_pretrain_lock_kill_mid_save_and_corrupt_checkpoint(tmp_path, tfds_dir):
             proc.kill()
             proc.wait()
     killed_with = _committed(wd)
-    assert killed_with and max(killed_with) < steps and _orbax_tmp(wd)
+    assert len(killed_with) >= 2 and max(killed_with) < steps and _orbax_tmp(wd)
     _flip(wd / "checkpoints" / str(max(killed_with)))  # and the newest committed step rots
     done = subprocess.run(_pretrain_cmd(wd, tfds_dir, steps), cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"checkpoint step {max(killed_with)} " in done.stderr
+    warning = [x for x in done.stderr.splitlines() if "warning: checkpoint step" in x]
+    assert len(warning) == 1 and f"step {max(killed_with)} " in warning[0]
+    assert f"using step {killed_with[-2]}" in warning[0]
     records = [json.loads(x) for x in (wd / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, steps + 1))
     assert all(np.isfinite(r["loss"]) for r in records)

@@ -170,6 +170,8 @@ class Checkpointer:
         write_manifest(target, finite)
         if finite:
             self._good.add(step)
+        else:
+            self._good.discard(step)
 
     def _check(self, step: int, prefix: str = "") -> str | None:
         if step in self._good:
