@@ -172,12 +172,12 @@ def test_kill_during_score_leaves_nothing_after_the_next_run(tmp_path):
 
 # ============================================================================ the workdir lock
 def test_lock_is_exclusive_names_the_holder_and_dies_with_it(tmp_path):
-    with workdir.workdir_lock(tmp_path / "run"), \
-            pytest.raises(workdir.WorkdirBusyError, match=rf"process {os.getpid()}\b"), \
-            workdir.workdir_lock(tmp_path / "run"):
-        pass
-    with workdir.workdir_lock(tmp_path / "run"):  # released at the end of the block
-        pass
+    with workdir.workdir_lock(tmp_path / "run"), workdir.workdir_lock(tmp_path / "run"):
+        pass  # re-entrant within one process (the command line, then pretrain())
+    # A run refused (e.g. a bad config) in a workdir it created leaves no workdir behind.
+    with pytest.raises(ValueError, match="bad"), workdir.workdir_lock(tmp_path / "new"):
+        raise ValueError("bad config")
+    assert not (tmp_path / "new").exists()
     # A holder killed with SIGKILL leaves the file but not the lock.
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from albert_jax.training import workdir;\n"
@@ -360,6 +360,7 @@ def test_pretrain_lock_kill_mid_save_and_corrupt_checkpoint(tmp_path, tfds_dir):
         assert second.returncode == 2
         err = second.stderr.strip().splitlines()
         assert len(err) == 1 and f"process {proc.pid}" in err[0] and "Traceback" not in err[0]
+        assert proc.poll() is None and not _committed(wd)  # refused long before the first
         # kill -9 while orbax writes a step (its temporary directory exists), once two
         # steps are committed (the newest is then corrupted: the run falls back to the other).
         deadline = time.time() + 180
