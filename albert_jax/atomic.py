@@ -39,8 +39,8 @@ from typing import IO
 
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 # .NAME.albert_jax-HOST-PID-RANDOM.tmp (a temporary) or .old (a directory renamed aside).
-_OURS = re.compile(r"\..+\.albert_jax-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-[a-z0-9_]+"
-                   r"\.(?:tmp|old)")
+_OURS = re.compile(r"\.(?P<name>.+)\.albert_jax-(?P<host>[0-9a-f]{8})-(?P<pid>[0-9]+)-"
+                   r"[a-z0-9_]+\.(?P<kind>tmp|old)")
 
 
 def _temp_name(target: Path) -> tuple[str, str]:
@@ -63,7 +63,9 @@ def sweep_stale(directory: str | os.PathLike) -> list[str]:
     """Removes the stale temporaries of this module in ``directory`` (not below it): names
     ``.NAME.albert_jax-HOST-PID-XXXX.tmp``/``.old`` with this host's ``HOST``, whose ``PID``
     is no living process, that are a plain file or directory (never a symlink) owned by
-    this user. Returns the names removed."""
+    this user. Returns the names removed. (A ``.old`` directory - the previous ``NAME``
+    renamed aside by a replacement killed before its second rename - is renamed back to
+    ``NAME`` when nothing is there: the previous version, complete.)"""
     removed = []
     try:
         entries = list(os.scandir(directory))
@@ -81,7 +83,11 @@ def sweep_stale(directory: str | os.PathLike) -> list[str]:
             if st.st_uid != os.getuid():
                 continue
             if stat.S_ISDIR(st.st_mode):
-                shutil.rmtree(entry.path)  # never follows symlinks inside
+                original = os.path.join(directory, m["name"])
+                if m["kind"] == "old" and not os.path.lexists(original):
+                    os.rename(entry.path, original)
+                else:
+                    shutil.rmtree(entry.path)  # never follows symlinks inside
             elif stat.S_ISREG(st.st_mode):
                 os.unlink(entry.path)
             else:

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -103,11 +104,21 @@ def test_sweep_removes_only_our_stale_temporaries(tmp_path):
     atomic.write_text(tmp_path / "out.jsonl", "done\n")  # the next run into this directory
     names = set(os.listdir(tmp_path))
     assert not {stale_file.name, stale_dir.name, aside.name} & names
-    assert names == {*keep, "victim", "out.jsonl"}
+    # The .old one (a replacement killed between its two renames): the previous version of
+    # model/ was renamed aside and nothing took its place: it comes back.
+    assert names == {*keep, "victim", "out.jsonl", "model"}
     for name, kind in keep.items():
         if kind == "file":
             assert (tmp_path / name).read_text() == "not yours"
     assert (victim / "precious").read_text() == "keep"
+    # With model/ in place (the replacement got that far), the .old copy is just removed.
+    (tmp_path / "model" / "w").write_text("new")
+    back = tmp_path / f".model.albert_jax-{HOST}-{dead}-00ff00ff00ff00ff.old"
+    back.mkdir()
+    (back / "w").write_text("previous")
+    atomic.write_text(tmp_path / "out.jsonl", "done\n")
+    assert not back.exists() and (tmp_path / "model" / "w").read_text() == "new"
+    shutil.rmtree(tmp_path / "model")
     # atomic_directory sweeps too; a subdirectory is never looked into.
     (tmp_path / "victim" / stale_file.name).write_text("half")
     stale_file.write_text("half")
