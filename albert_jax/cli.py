@@ -845,7 +845,10 @@ def _run_training(args: argparse.Namespace, run: Callable[[Any, str], Any],
         from albert_jax.training.trainer import initialize_distributed
 
         initialize_distributed()
-    result = run(config, workdir)
+    from albert_jax.training.workdir import workdir_lock
+
+    with workdir_lock(workdir):  # before the heavy imports: a second run is refused at once
+        result = run(config, workdir)
     if result is not None:
         print(json.dumps(result))
     return 0

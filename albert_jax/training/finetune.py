@@ -37,6 +37,7 @@ from albert_jax.training import run_config as rc
 from albert_jax.training.tasks import family_for
 from albert_jax.training.tasks.base import Encoded, Family, FinetuneError
 from albert_jax.training.trainer import Task, TrainState, device_batch, train_loop
+from albert_jax.training.workdir import holds_workdir_lock
 
 CONFIG_FILE = "finetune_config.json"
 BEST_DIR = "best"
@@ -199,6 +200,7 @@ def save_model(dest: Path, params: Any, model_config: AlbertConfig, family: Fami
                            extra_files={CONFIG_FILE: run_config})
 
 
+@holds_workdir_lock
 def finetune(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
              progress: bool = True) -> dict[str, Any]:
     """Fine-tunes ``config.init`` on ``config.task``; resumes from ``workdir``. Returns the

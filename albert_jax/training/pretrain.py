@@ -36,6 +36,7 @@ from albert_jax.training.trainer import (
     state_shardings,
     train_loop,
 )
+from albert_jax.training.workdir import holds_workdir_lock
 
 
 # ============================================================================ the task
@@ -137,6 +138,7 @@ def make_dataset(config: ml_collections.ConfigDict, source: Any, tokenizer: Any,
 
 
 # ============================================================================ the run
+@holds_workdir_lock
 def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
              progress: bool = True) -> TrainState:
     """ALBERT pretraining (MLM + SOP) as configured; resumes from ``workdir``'s checkpoints."""
