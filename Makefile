@@ -5,7 +5,7 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 TEXT ?= where is my [MASK]?
 
-.PHONY: install install-test test lint fill-mask bench clean
+.PHONY: install install-test system-deps test lint fill-mask bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,12 @@ install: $(BIN)/.installed
 
 install-test: $(BIN)/.installed-test
 
+# PostgreSQL and Chromium for the serving tests (apt-get, when missing).
+system-deps:
+	tools/system-deps.sh
+
 # The test command CI runs (.ci/run): lint, then the suite (slow tests deselected).
-test: install-test
+test: install-test system-deps
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
