@@ -15,3 +15,8 @@ class ConversionError(ValueError):
 class TokenizerError(ConversionError):
     """A ``spiece.model`` or ``tokenizer_config.json`` that cannot be read, is not an ALBERT
     tokenizer, or does not fit the model it is loaded with."""
+
+
+class TrainingError(RuntimeError):
+    """A training run that cannot go on (a non-finite loss): one line naming the step; the
+    command exits with status 1. Nothing after the last good checkpoint is saved."""

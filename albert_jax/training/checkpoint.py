@@ -74,6 +74,11 @@ class Checkpointer:
         )
         return out.state, list(out.data["processes"]), dict(out.config)
 
+    def state_metadata(self, step: int) -> Any:
+        """orbax's metadata of the saved train state (a tree of shapes and dtypes; no array
+        is read)."""
+        return ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+
     def restore_config(self, step: int) -> dict:
         out = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
         return dict(out.config)
