@@ -364,3 +364,29 @@ def test_resume_changes_classifies_keys():
     assert refused == ["model.vocab_size 30000 -> 512"]
     assert warned == ["model.hidden_dropout_prob 0.0 -> 0.1", "num_train_steps 300 -> 1000",
                       "optimizer.learning_rate 0.02 -> 0.5"]
+
+
+@pytest.mark.slow  # TensorFlow's import and Saver: ~35 s on 2 busy cores
+def test_init_from_a_google_tf_checkpoint_loads_its_sop_head(tmp_path, caplog):
+    pytest.importorskip("tensorflow")
+    from test_tf_checkpoint import GOOGLE, google_variables, write_checkpoint
+
+    google = {**GOOGLE, **{k: v for k, v in TINY_ARCH.items() if k in GOOGLE}}
+    variables = google_variables(google)
+    write_checkpoint(tmp_path / "ckpt", variables, config=google)
+    c = load_config()
+    c.mesh.data, c.init = 1, str(tmp_path / "ckpt")
+    c.data.spiece_model = ""  # the checkpoint's 30k-clean.model
+    pretrain.adopt_init_config(c)
+    assert c.data.spiece_model == str(tmp_path / "ckpt" / "30k-clean.model")
+    assert c.model.hidden_act == "gelu_new"  # Google's "gelu" is the tanh approximation
+    task = pretrain.pretraining_task(rc.model_config(c))
+    tx, mesh = rc.make_tx(c), rc.build_mesh(c)
+    _, shardings = trainer.state_shardings(task, tx, mesh)
+    with caplog.at_level("WARNING"):
+        state = pretrain.init_state_from(c, task, tx, mesh)(shardings)
+    assert not [r for r in caplog.records if "initialised randomly" in r.getMessage()]
+    sop = jax.device_get(state.params)["params"]["sop_classifier"]["classifier"]
+    # Google keeps the SOP weights [out, in]; Flax kernels are [in, out].
+    np.testing.assert_array_equal(sop["kernel"], variables["cls/seq_relationship/output_weights"].T)
+    np.testing.assert_array_equal(sop["bias"], variables["cls/seq_relationship/output_bias"])
