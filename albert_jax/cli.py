@@ -46,6 +46,7 @@ import numpy as np
 
 from albert_jax import compile_cache
 from albert_jax.atomic import atomic_file
+from albert_jax.errors import TrainingError
 
 PROG = "albert-jax"
 DEFAULT_MODEL = "albert-base-v2"
@@ -1143,6 +1144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             _error(str(e), where)
         return 2
+    except TrainingError as e:  # the run failed (a non-finite loss): status 1
+        _error(str(e), args.command)
+        return 1
     except _user_error_types() as e:
         if not training:  # an inference handler did not translate it: a real bug
             raise

@@ -21,6 +21,11 @@ class TokenizerError(ConversionError):
     tokenizer, or does not fit the model it is loaded with."""
 
 
+class TrainingError(RuntimeError):
+    """A training run that cannot go on (a non-finite loss): one line naming the step; the
+    command exits with status 1. Nothing after the last good checkpoint is saved."""
+
+
 def read_json_object(path: str | os.PathLike, error: type[Exception]) -> dict[str, Any]:
     """The JSON object in a user's file; ``error`` naming the file, in one line, when it
     cannot be read, is not UTF-8, not JSON, or not an object."""

@@ -496,8 +496,22 @@ CASES = [
     Case("convert into a non-empty directory",
          lambda b: ["convert", str(b.model()), str(write_dir(b.tmp / "busy"))], 2,
          "exists and is not empty"),
+    # Training configs: nonsense numbers are refused before anything runs or is written.
+    Case("pretrain: a negative learning rate",
+         lambda b: pretrain_args(b, "optimizer.learning_rate=-0.001"), 2,
+         "optimizer.learning_rate must be > 0, got -0.001"),
+    Case("pretrain: a NaN learning rate", lambda b: pretrain_args(b, "optimizer.learning_rate=nan"),
+         2, "optimizer.learning_rate must be finite, got nan"),
+    Case("pretrain: global_batch_size=0", lambda b: pretrain_args(b, "global_batch_size=0"), 2,
+         "global_batch_size must be >= 1, got 0"),
     *CLI_CASES,
 ]
+
+
+def pretrain_args(bench: Bench, override: str) -> list[str]:
+    """``pretrain`` of the tiny config into ``bench.tmp/w`` with one ``--config.`` override."""
+    return ["pretrain", "--config", str(ROOT / "configs" / "pretrain" / "tiny.py"),
+            "--workdir", str(bench.tmp / "w"), f"--config.{override}"]
 
 
 def edit_model(bench: Bench, **changes) -> Path:

@@ -287,6 +287,11 @@ class Checkpointer:
         )
         return out.state, list(out.data["processes"]), dict(out.config)
 
+    def state_metadata(self, step: int) -> Any:
+        """orbax's metadata of the saved train state (a tree of shapes and dtypes; no array
+        is read)."""
+        return ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+
     def restore_config(self, step: int) -> dict:
         """The run config saved with ``step`` (its files verified)."""
         problem = self._check(step, prefix="config/")

@@ -276,6 +276,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
         learning_rate_fn=rc.learning_rate_schedule(config),
         eval_fn=eval_fn if eval_enc is not None else None, eval_every=config.eval_every,
         config_dict=run_config, progress=progress, init_state=init_state,
+        skip_nonfinite=config.get("skip_nonfinite_steps", False),
     )
     result = dict(best or {})
     result["eval"] = dict(last_eval)

@@ -8,17 +8,27 @@ checkpoint (what ``albert-jax export`` does for a pretraining run).
 
 The corpus (``data.corpus_dir``, text files) is prepared once by TFDS as array_record
 under ``data.tfds_data_dir`` (default ``WORKDIR/tfds``); each process reads its share.
+
+Continued pretraining (``config.init``: a hub name or a model directory, as fine-tuning
+takes) starts from that model's weights instead of random ones: its config is the model's
+(:func:`adopt_init_config` refuses a ``model`` section that disagrees and fills in the rest),
+its SOP head is loaded when the source has one (albert_jax directories, Google's TF
+checkpoints, ``AlbertForPreTraining`` saves) and starts from random weights with a notice
+otherwise (hub MLM checkpoints); its tokenizer is the default ``data.spiece_model``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from albert_jax import sharding as shd
 from albert_jax.config import AlbertConfig, ConfigError
@@ -33,6 +43,7 @@ from albert_jax.training.trainer import (
     abstract_with_shardings,
     device_batch,
     main_process_first,
+    placed,
     state_shardings,
     train_loop,
 )
@@ -100,6 +111,84 @@ def pretraining_task(model_config: AlbertConfig, seq_len: int = 8) -> Task:
 
 
 
+# ============================================================================ init model
+def init_model_config(name_or_dir: str) -> tuple[AlbertConfig, str | None]:
+    """``(config, spiece.model path or None)`` of a model source (a hub name, an albert_jax,
+    Hugging Face or Google TF directory), reading no weights."""
+    from albert_jax import hub
+    from albert_jax.config import config_from_hf_file, read_hf_config
+
+    try:
+        files = hub.resolve_model_files(name_or_dir)
+        if files.format == "tf":
+            from albert_jax.tf_checkpoint import google_config_to_hf
+
+            hf = google_config_to_hf(read_hf_config(files.config))
+        else:
+            hf = read_hf_config(files.config)
+        return config_from_hf_file(hf, files.config), files.tokenizer
+    except (OSError, ValueError) as e:  # ConfigError, ConversionError, ModelNotFoundError
+        raise ConfigError(f"cannot load init model {name_or_dir!r}: "
+                          f"{' '.join(str(e).split())}") from None
+
+
+def adopt_init_config(config: ml_collections.ConfigDict) -> None:
+    """Makes ``config.model`` the model of ``config.init`` (in place): every architecture
+    field the config sets must equal the source's (else one :class:`ConfigError` naming
+    them); the others are filled in from the source, so that the run config saved with the
+    checkpoints describes the model exactly. Runtime fields (dropout, dtype, scan, ...)
+    stay the config's. ``data.spiece_model`` defaults to the source's tokenizer."""
+    source, spiece = init_model_config(config.init)
+    disagree = [
+        f"model.{k} {config.model[k]!r} != {getattr(source, k)!r}"
+        for k in config.model
+        if k not in rc.RUNTIME_MODEL_FIELDS and hasattr(source, k)
+        and config.model[k] != getattr(source, k)
+    ]
+    if disagree:
+        raise ConfigError(
+            f"the model fields of the config disagree with init {config.init!r}: "
+            f"{', '.join(disagree)} (the model comes from --config.init: set these to its "
+            "values or use a config of that size)")
+    with config.unlocked():
+        for field in dataclasses.fields(source):
+            if field.name not in rc.RUNTIME_MODEL_FIELDS and field.name not in config.model:
+                config.model[field.name] = getattr(source, field.name)
+        if not config.data.spiece_model:
+            if spiece is None:
+                raise ConfigError(f"init {config.init!r} has no spiece.model: set "
+                                  "data.spiece_model")
+            config.data.spiece_model = spiece
+
+
+def init_state_from(config: ml_collections.ConfigDict, task: Task, tx: Any,
+                    mesh: Any) -> Any:
+    """``init_state(shardings) -> TrainState`` of :func:`train_loop` for ``config.init``:
+    its weights (the SOP head too when it has one; else fresh, with a notice) placed in the
+    shardings, a fresh optimizer state, the dropout key a fresh run would have."""
+
+    def init_state(shardings: TrainState) -> TrainState:
+        from albert_jax.pretrained import load_model
+
+        try:
+            model, boxed = load_model(config.init, "pretraining", rng_seed=config.seed,
+                                      **rc.model_fields(config))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"cannot load init model {config.init!r}: "
+                              f"{' '.join(str(e).split())}") from None
+        if model.config != task.model.config:  # adopt_init_config made them equal
+            raise ConfigError(f"init {config.init!r}: its model {model.config} is not the "
+                              f"run's {task.model.config}")
+        params = placed(nn.meta.unbox(boxed), shardings.params)
+        with jax.set_mesh(mesh):
+            opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(params)
+        rng = jax.random.split(jax.random.PRNGKey(config.seed))[1]  # as a fresh run's
+        return TrainState(step=placed(np.zeros([], np.int32), shardings.step), params=params,
+                          opt_state=opt_state, rng=placed(np.asarray(rng), shardings.rng))
+
+    return init_state
+
+
 # ============================================================================ data
 def prepare_corpus(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     """The TFDS ``LocalTextCorpus`` of ``config.data`` prepared (once) as array_record:
@@ -145,6 +234,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
     from albert_jax.tokenizer import AlbertTokenizer
 
     rc.validate_config(config)
+    if config.get("init"):
+        adopt_init_config(config)
+        rc.validate_config(config)  # the adopted model against the sequence length
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     mesh = rc.build_mesh(config)
@@ -175,14 +267,17 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
             return sums
 
     task = pretraining_task(rc.model_config(config), seq_len=min(8, config.data.max_seq_length))
+    tx = rc.make_tx(config)
     return train_loop(
-        task, rc.make_tx(config), mesh, workdir, train_ds,
+        task, tx, mesh, workdir, train_ds,
         num_train_steps=config.num_train_steps, seed=config.seed,
         log_every=config.log_every, checkpoint_every=config.checkpoint_every,
         keep_checkpoints=config.keep_checkpoints,
         accumulation_steps=config.accumulation_steps,
         learning_rate_fn=rc.learning_rate_schedule(config), eval_fn=eval_fn,
         eval_every=config.eval_every, config_dict=config.to_dict(), progress=progress,
+        init_state=init_state_from(config, task, tx, mesh) if config.get("init") else None,
+        skip_nonfinite=config.get("skip_nonfinite_steps", False),
     )
 
 

@@ -18,6 +18,7 @@ command line are relative to the current directory.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -65,6 +66,9 @@ def shared_fields(*, batch_size: int, steps: int, optimizer: str, learning_rate:
     c.checkpoint_every = 1000
     c.keep_checkpoints = 3
     c.eval_every = 0  # steps between dev evaluations (0: none); also at the last step
+    # A step whose loss or gradient norm is not finite stops the run (False) or is skipped
+    # (True: params and optimizer state stay as they were; metrics count skipped_steps).
+    c.skip_nonfinite_steps = False
     return c
 
 
@@ -72,6 +76,10 @@ def pretrain_config() -> ConfigDict:
     """Every field of a pretraining run, with the defaults of the tiny recipe (a 64-wide
     ALBERT on the real 30000-piece vocabulary): ``configs/pretrain/*.py`` start here."""
     c = shared_fields(batch_size=16, steps=300, optimizer="lamb", learning_rate=0.02, warmup=10)
+    # Continued pretraining: a hub name or model directory (albert_jax, Hugging Face, Google
+    # TF) to start from instead of random weights ("" = from scratch). Its config is the
+    # model's: the fields of `model` below must agree with it (runtime ones apply).
+    c.init = ""
     c.model = ConfigDict(dict(
         vocab_size=30000, embedding_size=32, hidden_size=64, num_hidden_layers=2,
         num_attention_heads=4, intermediate_size=128, max_position_embeddings=128,
@@ -237,23 +245,15 @@ def validate_config(config: ConfigDict, check_files: bool = True) -> None:
 
     from albert_jax.training.optim import OPTIMIZERS
 
+    _check_numbers(config)
     b, k = config.global_batch_size, config.accumulation_steps
-    if b < 1 or k < 1 or b % k:
-        raise ConfigError(f"global_batch_size {b} must be a positive multiple of "
+    if b % k:
+        raise ConfigError(f"global_batch_size {b} must be a multiple of "
                           f"accumulation_steps {k}")
-    if "eval_batch_size" in config and config.eval_batch_size < 1:
-        raise ConfigError(f"eval_batch_size must be >= 1, got {config.eval_batch_size}")
     _check_mesh(config, jax.device_count(), jax.process_count())
     if config.optimizer.name not in OPTIMIZERS:
         raise ConfigError(f"optimizer.name must be one of {', '.join(map(repr, OPTIMIZERS))}, "
                           f"got {config.optimizer.name!r}")
-    if config.num_train_steps < 1:
-        raise ConfigError(f"num_train_steps must be >= 1, got {config.num_train_steps}")
-    for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
-        if config[name] < 1:
-            raise ConfigError(f"{name} must be >= 1, got {config[name]}")
-    if config.eval_every < 0:
-        raise ConfigError(f"eval_every must be >= 0, got {config.eval_every}")
     if "vocab_size" in config.model:  # a whole model (pretraining): AlbertConfig checks it
         model_config(config)
         if config.data.max_seq_length > config.model.max_position_embeddings:
@@ -263,6 +263,71 @@ def validate_config(config: ConfigDict, check_files: bool = True) -> None:
             )
     if check_files:
         _check_files(config)
+
+
+# (key, lowest, highest, whether the bounds are allowed, must be an integer): the numbers a
+# run config holds, each finite and in its range. Keys a config lacks are skipped.
+_NUMBERS: tuple[tuple[str, float, float, tuple[bool, bool], bool], ...] = (
+    ("global_batch_size", 1, math.inf, (True, False), True),
+    ("accumulation_steps", 1, math.inf, (True, False), True),
+    ("eval_batch_size", 1, math.inf, (True, False), True),
+    ("num_train_steps", 1, math.inf, (True, False), True),
+    ("log_every", 1, math.inf, (True, False), True),
+    ("checkpoint_every", 1, math.inf, (True, False), True),
+    ("keep_checkpoints", 1, math.inf, (True, False), True),
+    ("eval_every", 0, math.inf, (True, False), True),
+    ("eval_batches", 1, math.inf, (True, False), True),
+    ("max_seq_length", 1, math.inf, (True, False), True),
+    ("optimizer.learning_rate", 0.0, math.inf, (False, False), False),
+    # Warmup past the last step is allowed: smoke runs cut num_train_steps of a recipe.
+    ("optimizer.warmup_steps", 0, math.inf, (True, False), True),
+    ("optimizer.end_learning_rate", 0.0, math.inf, (True, False), False),
+    ("optimizer.power", 0.0, math.inf, (False, False), False),
+    ("optimizer.weight_decay", 0.0, math.inf, (True, False), False),
+    ("optimizer.clip_norm", 0.0, math.inf, (False, False), False),
+    ("optimizer.b1", 0.0, 1.0, (True, False), False),
+    ("optimizer.b2", 0.0, 1.0, (True, False), False),
+    ("optimizer.eps", 0.0, math.inf, (False, False), False),
+    ("data.max_seq_length", 1, math.inf, (True, False), True),
+    ("data.max_predictions_per_seq", 1, math.inf, (True, False), True),
+    ("data.masked_lm_prob", 0.0, 1.0, (False, True), False),
+    ("data.short_seq_prob", 0.0, 1.0, (True, True), False),
+    ("data.max_ngram", 1, math.inf, (True, False), True),
+)
+
+
+def _lookup(config: ConfigDict, key: str) -> tuple[bool, Any]:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, ConfigDict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _check_numbers(config: ConfigDict) -> None:
+    """Each number of :data:`_NUMBERS`: a (finite) number in its range, else one line."""
+    for key, low, high, (low_ok, high_ok), integer in _NUMBERS:
+        present, value = _lookup(config, key)
+        if not present or (key == "optimizer.clip_norm" and value is None):
+            continue  # clip_norm None: no clipping
+        kind = "an integer" if integer else "a number"
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                integer and not isinstance(value, int)):
+            raise ConfigError(f"{key} must be {kind}, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key} must be finite, got {value!r}")
+        above = value > low or (low_ok and value == low)
+        below = value < high or (high_ok and value == high)
+        if not (above and below):
+            lo = f"{'>=' if low_ok else '>'} {low:g}"
+            rng = lo if high == math.inf else f"in {'[' if low_ok else '('}{low:g}, " \
+                f"{high:g}{']' if high_ok else ')'}"
+            raise ConfigError(f"{key} must be {rng}, got {value!r}")
+    for key in ("skip_nonfinite_steps",):
+        present, value = _lookup(config, key)
+        if present and not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
 
 
 def _check_files(config: ConfigDict) -> None:
@@ -284,5 +349,67 @@ def _check_files(config: ConfigDict) -> None:
         elif not path.exists():
             raise ConfigError(f"data.{key} {value!r} does not exist ({path})")
     for key in ("corpus_dir", "spiece_model"):
-        if key in d and not d[key]:
+        # Continued pretraining may take the tokenizer of its init model.
+        if key in d and not d[key] and not (key == "spiece_model" and config.get("init")):
             raise ConfigError(f"data.{key} is not set")
+
+
+# ============================================================================ resuming
+# AlbertConfig fields that do not define the model's parameters or function: changing them
+# on resume only warns. Every other model field (sizes, activation, ...) refuses.
+RUNTIME_MODEL_FIELDS = frozenset({
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob",
+    "initializer_range", "dtype", "param_dtype", "scan_layers", "scan_unroll", "remat",
+    "attention",
+})
+# Keys whose change alters the train state (its tree or its shapes) besides the model's.
+STRUCTURAL_KEYS = frozenset({"optimizer.name", "task", "label_names", "data.num_choices"})
+# Keys that may change freely on resume (restoring reshards onto any mesh).
+FREE_KEYS = frozenset({"distributed"})
+FREE_PREFIXES = ("mesh.",)
+
+
+def _flat_json(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optimizer.learning_rate": 0.02, ...}`` of a JSON-like nested dict (tuples as
+    lists, as the saved JSON has them)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat_json(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def is_structural(key: str) -> bool:
+    """Whether changing ``key`` (a flat run-config key) on resume changes the train state."""
+    if key in STRUCTURAL_KEYS:
+        return True
+    return key.startswith("model.") and key[len("model."):] not in RUNTIME_MODEL_FIELDS
+
+
+def resume_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """``(refused, warned)``: ``"key saved -> now"`` for every key of the run config saved
+    with a checkpoint that the current run config changes; refused when the change alters
+    the train state (:func:`is_structural`). Keys one side lacks (configs of other versions)
+    are not compared."""
+    old, new = _flat_json(saved), _flat_json(current)
+    refused, warned = [], []
+    for key in sorted(old.keys() & new.keys()):
+        if old[key] == new[key] or key in FREE_KEYS or key.startswith(FREE_PREFIXES):
+            continue
+        line = f"{key} {old[key]!r} -> {new[key]!r}"
+        (refused if is_structural(key) else warned).append(line)
+    return refused, warned
+
+
+def check_resume_config(saved: dict, current: dict, where: str) -> list[str]:
+    """Raises :class:`ConfigError` (one line naming the keys) when ``current`` changes the
+    train state's structure against the run config ``saved`` with the checkpoint ``where``;
+    returns one warning line per other changed key."""
+    refused, warned = resume_changes(saved, current)
+    if refused:
+        raise ConfigError(
+            f"cannot resume {where} with a changed model or optimizer: {'; '.join(refused)} "
+            "(use a new --workdir, or the saved values)")
+    return [f"resuming {where} with a changed config: {w}" for w in warned]

@@ -29,6 +29,7 @@ Design:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -51,6 +52,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from albert_jax import atomic
 from albert_jax import sharding as shd
 from albert_jax.config import ConfigError
+from albert_jax.errors import TrainingError
+from albert_jax.training import run_config as rc
 from albert_jax.training.checkpoint import Checkpointer
 from albert_jax.training.optim import path_names
 
@@ -167,6 +170,13 @@ def abstract_with_shardings(abstract: PyTree, shardings: PyTree) -> PyTree:
     )
 
 
+def placed(tree: PyTree, shardings: PyTree) -> PyTree:
+    """Host arrays (identical on every process) -> global arrays in ``shardings``."""
+    return jax.tree.map(
+        lambda x, s: jax.make_array_from_callback(np.shape(x), s, lambda i, x=x: np.asarray(x)[i]),
+        tree, shardings)
+
+
 def batch_shardings(mesh: Mesh, batch: Batch) -> Batch:
     return {k: shd.batch_sharding(mesh, np.ndim(v)) for k, v in batch.items()}
 
@@ -185,8 +195,14 @@ def make_train_step(
     example_batch: Batch, accumulation_steps: int = 1,
     learning_rate_fn: optax.Schedule | None = None,
     rules: Sequence[tuple[str, Any]] = shd.LOGICAL_AXIS_RULES,
+    skip_nonfinite: bool = False,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
-    """``step(state, batch) -> (state, metrics)``: jitted, sharded, the state donated."""
+    """``step(state, batch) -> (state, metrics)``: jitted, sharded, the state donated.
+
+    ``metrics["nonfinite_step"]`` ([] int32) is the step's number (``state.step + 1``) when
+    its loss or gradient norm is not finite, else 0. With ``skip_nonfinite`` such a step
+    keeps the previous params and optimizer state (the step count still advances: the
+    batch is consumed)."""
     k = accumulation_steps
     grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
 
@@ -222,6 +238,15 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         metrics = dict(task.metrics(sums, tot))
         metrics["grad_norm"] = optax.tree.norm(grads)
+        # Finite gradients give finite updates (clipped; LAMB/Adam divide by guarded norms).
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        if skip_nonfinite:
+            def keep(new, old):
+                return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+            params = keep(params, state.params)
+            opt_state = keep(opt_state, state.opt_state)
+        metrics["nonfinite_step"] = jnp.where(finite, 0, state.step + 1).astype(jnp.int32)
         if learning_rate_fn is not None:
             metrics["learning_rate"] = learning_rate_fn(state.step)
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
@@ -393,13 +418,23 @@ def train_loop(
     rules: Sequence[tuple[str, Any]] = shd.LOGICAL_AXIS_RULES,
     progress: bool = True,
     init_state: Callable[[TrainState], TrainState] | None = None,
+    skip_nonfinite: bool = False,
 ) -> TrainState:
     """Trains ``task`` from the latest checkpoint in ``workdir/checkpoints`` (or from
     scratch) to ``num_train_steps``. ``data_iter`` yields process-local numpy batches and has
     ``get_state()/set_state()``. ``eval_fn(eval_step, state) -> metrics`` (prefixed ``eval_``)
     runs every ``eval_every`` steps. ``init_state(shardings) -> state`` replaces the random
     initialisation of a fresh run (fine-tuning starts from pretrained weights). Returns the
-    final state."""
+    final state.
+
+    A step whose loss or gradient norm is not finite raises :class:`TrainingError` naming
+    it, at the next logging or checkpoint step (the check reads a device-side record of the
+    first such step, fetched only where metrics are fetched or a checkpoint is saved
+    anyway), before anything of that state is logged, evaluated or saved; with
+    ``skip_nonfinite`` such steps are skipped instead and counted (``skipped_steps`` in
+    each metrics record: the skips since the previous record). On resume ``config_dict``
+    is compared with the run config saved with the checkpoint
+    (:func:`run_config.check_resume_config`) before anything is restored."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
@@ -415,6 +450,7 @@ def train_loop(
                 state, _ = create_train_state(task, tx, mesh, jax.random.PRNGKey(seed), rules)
             start = 0
         else:
+            _check_resume(ckpt, start, config_dict, abstract)
             state, data_states, _ = ckpt.restore(
                 start, abstract_with_shardings(abstract, shardings))
             if len(data_states) != jax.process_count():
@@ -439,6 +475,12 @@ def train_loop(
     step = start
     tokens, t0 = 0, time.perf_counter()
     pending = None  # the last step's metrics: the bar advances once they are computed
+    # [first non-finite step (0: none), non-finite steps]: folded on the device every step,
+    # read only where the loop syncs anyway (metrics, checkpoints).
+    replicated = NamedSharding(mesh, PartitionSpec())
+    health = placed(np.zeros(2, np.int32), replicated)
+    fold = jax.jit(_fold_nonfinite, out_shardings=replicated)
+    skips_logged = 0
     try:
         with _stop_on_signals() as flag:
             while step < num_train_steps:
@@ -447,11 +489,13 @@ def train_loop(
                 if train_step is None:
                     train_step = make_train_step(
                         task, tx, mesh, shardings, local, accumulation_steps,
-                        learning_rate_fn, rules,
+                        learning_rate_fn, rules, skip_nonfinite,
                     )
                     if bar is not None:  # the first call compiles: say so, not a silent gap
                         bar.set_postfix_str("compiling the train step", refresh=True)
                 state, metrics = train_step(state, batch)
+                metrics = dict(metrics)
+                health = fold(health, metrics.pop("nonfinite_step"))
                 step += 1
                 tokens += int(np.sum(local["attention_mask"])) if "attention_mask" in local \
                     else int(np.size(next(iter(local.values()))))
@@ -465,8 +509,22 @@ def train_loop(
                     pending = metrics
                 evaluate = eval_fn is not None and eval_every and (step % eval_every == 0
                                                                    or last)
-                if step % log_every == 0 or last or evaluate:
-                    values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                stop = bool(flag["stop"])
+                save = last or stop or step % checkpoint_every == 0
+                log_now = step % log_every == 0 or last or evaluate
+                if log_now or save:
+                    fetched, (first_bad, skips) = jax.device_get(
+                        (metrics if log_now else {}, health))
+                    if first_bad and not skip_nonfinite:
+                        raise TrainingError(_nonfinite_message(int(first_bad), ckpt))
+                if log_now:
+                    values = {k: float(v) for k, v in fetched.items()}
+                    if skip_nonfinite:
+                        values["skipped_steps"] = float(skips - skips_logged)
+                        if skips > skips_logged:
+                            console(f"step {step}: skipped {skips - skips_logged} update(s) "
+                                    "with a non-finite loss or gradient", bar)
+                        skips_logged = int(skips)
                     if bar is not None:
                         bar.update(1)
                         pending = None
@@ -486,8 +544,7 @@ def train_loop(
                         bar.set_postfix(loss=f"{values['loss']:.3f}",
                                         tok_s=f"{tokens * jax.process_count() / dt:.0f}")
                         tokens, t0 = 0, time.perf_counter()
-                stop = bool(flag["stop"])
-                if last or stop or step % checkpoint_every == 0:
+                if save:
                     ckpt.save(step, state, _process_data_states(data_iter), config_dict or {},
                               force=True)
                 if stop:
@@ -503,6 +560,59 @@ def train_loop(
                 bar.update(1)
             bar.close()
     return state
+
+
+def _fold_nonfinite(health: jax.Array, bad_step: jax.Array) -> jax.Array:
+    """``health`` int32[2] (first non-finite step or 0, count) updated with one step's
+    ``nonfinite_step`` ([] int32: its number, or 0 when finite)."""
+    first = jnp.where(health[0] > 0, health[0], bad_step)
+    return jnp.stack([first, health[1] + (bad_step > 0).astype(jnp.int32)])
+
+
+def _nonfinite_message(step: int, ckpt: Checkpointer) -> str:
+    kept = ckpt.latest_step()
+    where = f"the last checkpoint (step {kept}) is kept" if kept is not None else \
+        "no checkpoint was saved"
+    return (f"the loss or gradient norm of step {step} is not finite: stopping; {where}. "
+            "Lower optimizer.learning_rate, or set config.skip_nonfinite_steps=True to skip "
+            "such steps")
+
+
+def _check_resume(ckpt: Checkpointer, step: int, config_dict: dict | None,
+                  abstract: TrainState) -> None:
+    """The resumed run's config against the one saved with checkpoint ``step`` (refused in
+    one line when it changes the train state, a warning per other change), then the saved
+    state's arrays against ``abstract`` (what the restore will ask orbax for)."""
+    where = f"the checkpoint of step {step} in {ckpt.directory}"
+    if config_dict is not None:
+        saved = ckpt.restore_config(step)
+        current = json.loads(json.dumps(config_dict, default=list))
+        for line in rc.check_resume_config(saved, current, where):
+            console(line)
+    try:
+        meta = ckpt.state_metadata(step)
+    except Exception:  # an unreadable step is the restore's to report
+        return
+    saved = _shapes_by_path(getattr(meta, "tree", meta))
+    if not saved:
+        return
+    want = _shapes_by_path(abstract)
+    if set(saved) == set(want):
+        diff = sorted(k for k in want if want[k] != saved[k])
+    elif collections.Counter(want.values()) != collections.Counter(saved.values()):
+        diff = sorted(set(want) ^ set(saved))  # containers named otherwise on disk
+    else:
+        diff = []
+    if diff:
+        k = min(diff, key=lambda p: (p[:1] != ("params",), p))  # a parameter, if one differs
+        raise ConfigError(
+            f"cannot resume {where}: its train state does not fit this run's model and "
+            f"optimizer ({len(diff)} array(s) differ, e.g. {'/'.join(k)}: saved "
+            f"{saved.get(k, 'absent')}, now {want.get(k, 'absent')}); use a new --workdir")
+
+
+def _shapes_by_path(tree: PyTree) -> dict[tuple[str, ...], tuple[int, ...]]:
+    return {path_names(p): tuple(x.shape) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def console(line: str, bar: Any = None) -> None:
