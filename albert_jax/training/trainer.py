@@ -570,6 +570,7 @@ def _fold_nonfinite(health: jax.Array, bad_step: jax.Array) -> jax.Array:
 
 
 def _nonfinite_message(step: int, ckpt: Checkpointer) -> str:
+    ckpt.wait_until_finished()  # an earlier step's save may still be sealing (async)
     kept = ckpt.latest_step()
     where = f"the last checkpoint (step {kept}) is kept" if kept is not None else \
         "no checkpoint was saved"
