@@ -83,18 +83,45 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EAC
                  errno.EPERM}
 
 
+# Linux inode flags (chattr): FS_IOC_GETFLAGS and the two that refuse even root's writes.
+_FS_IOC_GETFLAGS, _FS_IMMUTABLE_FL, _FS_APPEND_FL = 0x80086601, 0x10, 0x20
+
+
+def _locked_inode(path: str) -> str | None:
+    """"immutable" or "append-only" when ``path`` carries that chattr flag, else None (also
+    where the filesystem has no such flags). Root's ``os.access`` ignores them, yet the
+    rename that publishes an output fails on them, so they are checked before any work."""
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (ImportError, OSError):
+        return None
+    try:
+        flags = int.from_bytes(fcntl.ioctl(fd, _FS_IOC_GETFLAGS, bytes(8))[:4], sys.byteorder)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if flags & _FS_IMMUTABLE_FL:
+        return "immutable"
+    return "append-only" if flags & _FS_APPEND_FL else None
+
+
 def _writable_dir(directory: str) -> str | None:
     """Why files cannot be created in ``directory`` (an existing directory), or None.
 
-    ``os.access`` misses a read-only mount for root, hence the ``statvfs`` flag too."""
+    ``os.access`` misses a read-only mount for root, hence the ``statvfs`` flag; the inode
+    flags come first only to name the reason."""
     try:
         if os.statvfs(directory).f_flag & os.ST_RDONLY:
             return "it is on a read-only filesystem"
     except OSError:
         pass
-    if not os.access(directory, os.W_OK | os.X_OK):
-        return "it is not writable"
-    return None
+    locked = _locked_inode(directory)
+    if locked:
+        return f"it is {locked} (chattr)"
+    return None if os.access(directory, os.W_OK | os.X_OK) else "it is not writable"
 
 
 def _existing_ancestor(path: str) -> str:
@@ -119,6 +146,10 @@ def check_output_file(path: str, option: str = "--output") -> None:
     why = _writable_dir(parent)
     if why:
         raise UserError(f"{option} {path}: cannot write in {parent}: {why}")
+    locked = _locked_inode(target) if os.path.isfile(target) else None
+    if locked:
+        raise UserError(f"{option} {path}: the file is {locked} (chattr), so it cannot be "
+                        "replaced")
 
 
 def check_output_dir(path: str, overwrite: bool, what: str = "DEST") -> None:
@@ -131,6 +162,9 @@ def check_output_dir(path: str, overwrite: bool, what: str = "DEST") -> None:
             raise UserError(f"{what} {path} exists and is not a directory")
         if not overwrite and any(os.scandir(target)):
             raise UserError(f"{what} {path} exists and is not empty (--overwrite replaces it)")
+        locked = _locked_inode(target)
+        if locked:
+            raise UserError(f"{what} {path} is {locked} (chattr), so it cannot be replaced")
     ancestor = _existing_ancestor(os.path.dirname(target))
     if not os.path.isdir(ancestor):
         raise UserError(f"{what} {path}: {ancestor} is not a directory")

@@ -199,6 +199,25 @@ def test_rte_layout_and_rebuild_on_change(tmp_path):
     assert list(train.examples) == [{"idx": 0, "text_a": "x", "text_b": "y", "label": 1}]
 
 
+def test_killed_preparation_leftovers_are_swept(tmp_path):
+    """TFDS prepares into incomplete.* and removes it on any normal exit; a kill -9 leaves it.
+    The next preparation (under its lock) removes it, prepared data and all else kept."""
+    d = tmp_path / "RTE"
+    header = ["index", "sentence1", "sentence2", "label"]
+    _write(d / "train.tsv", [header, ["0", "a", "b", "entailment"]])
+    kw = dict(manual_dir=d, data_dir=tmp_path / "tfds")
+    assert len(load_glue("rte", "train", **kw)) == 1
+    config_dir = tmp_path / "tfds" / "local_glue" / "rte"
+    prepared = sorted(p.name for p in config_dir.iterdir())
+    stale = config_dir / "incomplete.ABC123_1.0.0"  # as a killed run leaves it
+    (stale / "local_glue-train.array_record-00000-of-00001").parent.mkdir()
+    (stale / "local_glue-train.array_record-00000-of-00001").write_bytes(b"partial")
+    _write(d / "train.tsv", [header, ["0", "x", "y", "1"], ["1", "z", "w", "1"]])  # rebuild
+    assert [e["text_a"] for e in load_glue("rte", "train", **kw).examples] == ["x", "z"]
+    assert not stale.exists()
+    assert sorted(p.name for p in config_dir.iterdir()) == prepared
+
+
 def test_stsb_float_labels(tmp_path):
     d = tmp_path / "STS-B"
     meta = ["0", "main-captions", "MSRvid", "2012test", "0001", "none", "none"]

@@ -889,3 +889,56 @@ def test_read_only_output_is_refused_before_any_work(command, tiny_models, tmp_p
     why = "it is on a read-only filesystem" if os.geteuid() == 0 else "it is not writable"
     assert_one_line(err.getvalue(), f"cannot write in {ro}: {why}")
     assert snapshot(tmp_path) == before
+
+
+@pytest.fixture
+def chattr(tmp_path):
+    """``chattr(path, "+i")``; every flag set is cleared again at teardown. Skips where the
+    filesystem or the user cannot set inode flags (chattr needs root or CAP_LINUX_IMMUTABLE)."""
+    probe = tmp_path / "chattr-probe"
+    probe.touch()
+    ok = shutil.which("chattr") and subprocess.run(
+        ["chattr", "+i", str(probe)], capture_output=True).returncode == 0
+    if not ok:
+        pytest.skip("chattr +i is not possible here (needs root and ext4/xfs/btrfs)")
+    subprocess.run(["chattr", "-i", str(probe)], check=True)
+    locked: list[Path] = []
+
+    def set_flag(path: Path, flag: str) -> None:
+        subprocess.run(["chattr", flag, str(path)], check=True)
+        locked.append(path)
+
+    yield set_flag
+    for path in locked:
+        subprocess.run(["chattr", "-i", "-a", str(path)], check=True)
+
+
+@pytest.mark.parametrize("flag, word", [("+i", "immutable"), ("+a", "append-only")])
+def test_chattr_outputs_are_refused_before_any_work(flag, word, chattr, tiny_models, tmp_path):
+    """Root's os.access says yes to chattr'ed places; the rename would fail after the work.
+    Both an immutable output file and an immutable directory are refused up front."""
+    bench = Bench(tmp_path, tiny_models)
+    out_file = tmp_path / "out.jsonl"
+    out_file.write_text("kept\n")
+    locked_dir = tmp_path / "locked"
+    locked_dir.mkdir()
+    chattr(out_file, flag)
+    chattr(locked_dir, flag)
+    score = score_args(bench, output=out_file.name)
+    model = score[score.index("--model") + 1]
+    into_dir = [*score[: score.index("--output") + 1], str(locked_dir / "out.jsonl")]
+    cases = [
+        (score, f"--output {out_file}: the file is {word} (chattr)"),
+        (into_dir, f"cannot write in {locked_dir}: it is {word} (chattr)"),
+        (["convert", model, str(locked_dir / "out")],
+         f"cannot write in {locked_dir}: it is {word} (chattr)"),
+    ]
+    for argv, message in cases:
+        before = snapshot(tmp_path)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(argv)
+        assert code == 2 and out.getvalue() == "", argv
+        assert_one_line(err.getvalue(), message)
+        assert snapshot(tmp_path) == before
+    assert out_file.read_text() == "kept\n"

@@ -51,10 +51,13 @@ with ``questions``/``options``/``answers`` lists expands into one example per qu
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import math
 import os
+import shutil
 import socket
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -481,6 +484,30 @@ def load_glue(
     )
 
 
+@contextlib.contextmanager
+def _preparing(builder: tfds.core.DatasetBuilder) -> Iterator[None]:
+    """Holds an exclusive lock on ``builder``'s config directory while its data is checked
+    and prepared, and under it removes the ``incomplete.*`` directories there.
+
+    TFDS prepares into ``incomplete.XXXXXX_VERSION/`` and renames it when done; any normal
+    exit or exception removes it, so one found while we hold the lock was left by a killed
+    preparation (kill -9, power loss) and would otherwise stay forever. The lock also makes a
+    second preparation of the same data (two fine-tuning runs sharing ``tfds_data_dir``)
+    wait for the first, instead of both writing it.
+    """
+    config_dir = Path(builder.data_dir).parent
+    config_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(config_dir / ".albert_jax-prepare.lock",
+                 os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for stale in config_dir.glob(f"{tfds.core.constants.INCOMPLETE_PREFIX}*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def _local_source(spec: GlueTask, split: str, manual_dir: Path, data_dir: str | None) -> Any:
     files = glue_files(spec.name, manual_dir)
     if split not in files:
@@ -489,17 +516,19 @@ def _local_source(spec: GlueTask, split: str, manual_dir: Path, data_dir: str | 
     for name, path in files.items():  # A bad header or no example: one line, before TFDS.
         next(read_glue_tsv(spec.name, path, name), None)
     builder = LocalGlue(data_dir=data_dir, config=spec.name, file_format="array_record")
-    dl = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
-    if builder.is_prepared():
-        stored = builder.info.metadata.get("source_files") if builder.info.metadata else None
-        if stored != _fingerprint(files):  # lists, as read back from metadata.json
-            # Other or edited TSV files than the prepared ones: rebuild rather than serve
-            # stale data.
-            dl = tfds.download.DownloadConfig(
-                manual_dir=str(manual_dir),
-                download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS,
-            )
-    builder.download_and_prepare(download_config=dl)
+    with _preparing(builder):
+        dl = tfds.download.DownloadConfig(manual_dir=str(manual_dir))
+        if builder.is_prepared():
+            metadata = builder.info.metadata
+            stored = metadata.get("source_files") if metadata else None
+            if stored != _fingerprint(files):  # lists, as read back from metadata.json
+                # Other or edited TSV files than the prepared ones: rebuild rather than
+                # serve stale data.
+                dl = tfds.download.DownloadConfig(
+                    manual_dir=str(manual_dir),
+                    download_mode=tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS,
+                )
+        builder.download_and_prepare(download_config=dl)
     return builder.as_data_source(split=split)
 
 
@@ -537,12 +566,14 @@ def _check_reachable(url: str, timeout: float = 5.0) -> None:
 def _catalogue_source(spec: GlueTask, split: str, data_dir: str | None) -> Any:
     try:
         builder = _catalogue_builder(spec.name, data_dir)
-        if not builder.is_prepared():
-            _check_reachable(builder.builder_config.data_url or _GLUE_HOST)
-        # No GCS mirror: reading it needs gcsfs/TensorFlow; the GLUE URLs are fetched directly.
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-        )
+        with _preparing(builder):
+            if not builder.is_prepared():
+                _check_reachable(builder.builder_config.data_url or _GLUE_HOST)
+            # No GCS mirror: reading it needs gcsfs/TensorFlow; the GLUE URLs are fetched
+            # directly.
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+            )
         return builder.as_data_source(split=split)
     except Exception as e:  # network, missing dependency, not prepared: all the same remedy
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
