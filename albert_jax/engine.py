@@ -113,7 +113,8 @@ class EngineOptions:
     """How the engine batches and where it runs.
 
     ``data=-1`` puts every device not used by ``fsdp`` x ``tensor`` on ``data``; ``devices``
-    defaults to ``jax.devices()``. ``max_length`` caps the length buckets (default: the
+    defaults to ``jax.devices()`` (after ``jax.distributed.initialize``: every process's,
+    grouped by process). ``max_length`` caps the length buckets (default: the
     model's ``max_position_embeddings``). ``window``: rows sorted together before results
     are yielded (bounded memory for streams). ``cache_dir``: enables the persistent
     compilation cache there. ``max_batch_tokens``: a token budget per batch (rows x padded
@@ -171,7 +172,12 @@ class Engine:
             buckets.append(limit)
         self.length_buckets = tuple(buckets)
 
-        self.mesh = make_mesh(opts.data, opts.fsdp, opts.tensor, opts.devices)
+        devices = opts.devices
+        if devices is None and jax.process_count() > 1:
+            # Each process's devices side by side: its rows are one block of the data axis
+            # and a tensor group (tensor <= local devices) stays within one host.
+            devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+        self.mesh = make_mesh(opts.data, opts.fsdp, opts.tensor, devices)
         self.data_parallel = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         dp = self.data_parallel
 
@@ -296,7 +302,8 @@ class Engine:
             k = min(top_k, self.vocab_size if candidates is None else len(candidates))
         step = self._step(kind, k, candidates is not None)
         inputs: tuple = (ids, mask, position, target)
-        if self.multiprocess:  # Global arrays: each process supplies its devices' rows.
+        if jax.process_count() > 1:  # jit takes no numpy inputs there: jax.Arrays, on a
+            # global mesh each process supplying only its own devices' rows.
             rows2, rows1 = batch_sharding(self.mesh, 2), batch_sharding(self.mesh, 1)
             inputs = self._put(inputs, (rows2, rows2, rows1, rows1))
             if candidates is not None:
