@@ -444,6 +444,10 @@ def _join_processes() -> None:
     from albert_jax import multihost
 
     try:
+        multihost.peer_timeout()  # A bad ALBERT_JAX_PEER_TIMEOUT_S: said before joining.
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    try:
         multihost.initialize()
     except (RuntimeError, ValueError) as e:  # No coordinator, bad rank, timeout.
         raise UserError(f"--distributed: cannot join the other processes: {e}") from None

@@ -142,7 +142,11 @@ def _is_int(x: Any) -> bool:
 
 
 class Engine:
-    """Runs bucketed, sharded, jit-compiled steps of one model over groups of rows."""
+    """Runs bucketed, sharded, jit-compiled steps of one model over groups of rows.
+
+    ``multiprocess`` is True when the mesh holds other processes' devices: then every
+    process must make the same calls, in the same order (see :meth:`stream`).
+    """
 
     def __init__(self, model: nn.Module, params: Any, options: EngineOptions | None = None,
                  **kwargs: Any) -> None:
@@ -427,16 +431,6 @@ class Engine:
                              self.max_batch_tokens)
 
     # ---------------------------------------------------------------- streaming
-    def _row_outputs(self, kind: str, top_k: int, candidates: np.ndarray | None) -> Any:
-        """One row's output shape and dtype, as a tree like the step's."""
-        cfg = self.model.config
-        sds = jax.ShapeDtypeStruct
-        if kind == "topk":
-            k = min(top_k, cfg.vocab_size if candidates is None else len(candidates))
-            return (sds((k,), np.float32), sds((k,), np.int32))
-        return {"probs": sds((cfg.vocab_size,), np.float32), "logprob": sds((), np.float32)}.get(
-            kind, sds((cfg.hidden_size,), np.float32))
-
     def _run_window(self, kind: str, groups: list[list[Row]], top_k: int,
                     candidates: np.ndarray | None,
                     progress: Callable[[int], None] | None) -> Iterator[Any]:

@@ -89,11 +89,10 @@ def agree(tag: str, error: str | None = None, timeout_s: float | None = None) ->
     collective, so that no process waits forever on one that will never arrive.
     """
     import jax
-    from jax._src.distributed import global_state
 
-    client = global_state.client
     count = next(_agreements)
-    if client is None or jax.process_count() == 1:
+    client = _client()
+    if client is None:
         return
     key = f"albert_jax/agree/{count}/{tag}"
     client.key_value_set(f"{key}/{jax.process_index()}", "error:" + error if error else "ok")
@@ -111,6 +110,8 @@ def agree(tag: str, error: str | None = None, timeout_s: float | None = None) ->
 
 
 def _client() -> Any:
+    """The coordination service's client (its key-value store), or None on one process.
+    JAX exposes it only here (orbax reads it the same way)."""
     import jax
     from jax._src.distributed import global_state
 
@@ -130,6 +131,8 @@ def report_failure(reason: str, wait_s: float = 10.0) -> None:
     me = jax.process_index()
     with contextlib.suppress(Exception):  # Another process may have failed first.
         client.key_value_set(_FAILED_KEY, f"process {me} failed: {reason}")
+    with contextlib.suppress(Exception):  # Failing at once too, a peer waits for this.
+        client.key_value_set(f"{_FAILED_KEY}/ack/{me}", "failing")
     deadline = time.monotonic() + wait_s
     for p in range(jax.process_count()):
         left = int(1000 * (deadline - time.monotonic()))
