@@ -158,3 +158,87 @@ def test_a_process_stopped_mid_run_stops_the_other(tmp_path):
         assert "Traceback" not in err and "Check failure" not in err, err[-3000:]
     assert not out.exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+_ENGINE_SCRIPT = '''
+import json, os, sys
+import numpy as np
+import jax
+from albert_jax import multihost
+if os.environ.get("JAX_NUM_PROCESSES"):
+    multihost.initialize()
+from albert_jax.config import AlbertConfig
+from albert_jax.engine import Engine, Row
+from albert_jax.model import AlbertForMaskedLM
+
+config = AlbertConfig(vocab_size=500, embedding_size=16, hidden_size=32, num_hidden_layers=2,
+                      num_attention_heads=4, intermediate_size=64, max_position_embeddings=64,
+                      initializer_range=0.5)
+model = AlbertForMaskedLM(config)
+rng = np.random.default_rng(0)  # Random weights without compiling the initialiser:
+params = jax.tree.map(lambda a: (0.3 * rng.standard_normal(a.shape)).astype(a.dtype),
+                      jax.eval_shape(lambda: model.init_params(jax.random.key(0))))
+groups = []
+for g in range(40):  # Groups of 0-3 rows of 3-40 tokens: several windows of 6 rows.
+    rows = []
+    for _ in range(rng.integers(0, 4)):
+        n = int(rng.integers(3, 41))
+        ids = [2, *rng.integers(5, 500, n - 2).tolist(), 3]
+        rows.append(Row(ids, position=int(rng.integers(0, n)), target=int(rng.integers(5, 500))))
+    groups.append(rows)
+engine = Engine(model, params, batch_size=8, window=6, pipeline_depth=1,
+                length_buckets=(16, 48), tensor=2)
+done = []
+logprob = [np.asarray(x) for x in engine.stream("logprob", groups, progress=done.append)]
+top = [x for x in engine.stream("topk", groups, top_k=3) if len(x) == 2]  # (Empty: [0].)
+np.savez(sys.argv[1] + ".npz", logprob=np.concatenate(logprob),
+         scores=np.concatenate([s for s, _ in top]), ids=np.concatenate([i for _, i in top]))
+with open(sys.argv[1] + ".json", "w") as f:
+    json.dump({"mesh": int(engine.mesh.devices.size), "devices": jax.device_count(),
+               "local": jax.local_device_count(), "multiprocess": engine.multiprocess,
+               "group_sizes": [len(x) for x in logprob], "completed": sum(done)}, f)
+'''
+
+
+def test_engine_streams_over_a_mesh_of_both_processes(tmp_path):
+    """The Engine API itself: streaming over several windows of multi-row groups, in input
+    order, with one mesh (data=4 x tensor=2) over 2 processes x 4 devices; the same bytes
+    as 1 process x 8."""
+    script = tmp_path / "worker.py"
+    script.write_text(_ENGINE_SCRIPT)
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+
+    def start(out: str, devices: int, env: dict) -> subprocess.Popen:
+        env = {**os.environ, "JAX_PLATFORMS": "cpu",
+               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **env}
+        return subprocess.Popen([sys.executable, str(script), str(tmp_path / out)], cwd=REPO,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    procs = [start(f"p{i}", 4, {"JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+                                "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
+             for i in range(2)]
+    procs.append(start("single", 8, {}))
+    for p in procs:
+        code, err = _wait(p)
+        assert code == 0, err[-3000:]
+    import numpy as np
+
+    reports = [json.loads((tmp_path / f"{name}.json").read_text())
+               for name in ("p0", "p1", "single")]
+    for r in reports[:2]:  # The mesh spans both processes.
+        assert r["mesh"] == r["devices"] == 2 * r["local"] == 8, r
+        assert r["multiprocess"] is True
+    assert reports[2]["mesh"] == 8 and reports[2]["multiprocess"] is False
+    assert reports[0]["group_sizes"] == reports[2]["group_sizes"]  # Input order, each group.
+    # progress counted every group that had rows once.
+    assert reports[0]["completed"] == sum(1 for n in reports[0]["group_sizes"] if n) > 20
+    single = np.load(tmp_path / "single.npz")
+    assert np.isfinite(single["logprob"]).all() and (single["logprob"] < 0).all()
+    assert len(single["logprob"]) == sum(reports[2]["group_sizes"]) == len(single["ids"])
+    for name in ("p0", "p1"):
+        got = np.load(tmp_path / f"{name}.npz")
+        for key in ("logprob", "scores", "ids"):
+            np.testing.assert_array_equal(got[key], single[key], err_msg=f"{name} {key}")
