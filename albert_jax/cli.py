@@ -456,15 +456,17 @@ def _join_processes() -> None:
         signal.signal(signal.SIGTERM, _raise_terminated)
 
 
-# Set when a distributed run fails mid-way: main() then leaves with os._exit, because the
-# interpreter's normal exit waits at JAX's shutdown barrier for peers that are blocked in
-# a collective this process will never join (they are told to stop: multihost.watch).
+# Set when a distributed run fails mid-way: main() then leaves with os._exit
+# (multihost.leave), because the interpreter's normal exit waits at JAX's shutdown barrier
+# for peers blocked in a collective this process will never join (they are told to stop:
+# multihost.watch).
 _LEAVE_AT_ONCE = False
 
 
 def _peer_failed(outputs: Sequence[str], message: str) -> None:
     """multihost.watch's callback: another process failed; this one ends now (exit 2), its
     temporaries removed (nothing written)."""
+    from albert_jax import multihost
     from albert_jax.atomic import discard_own
 
     for path in outputs:
@@ -472,7 +474,7 @@ def _peer_failed(outputs: Sequence[str], message: str) -> None:
     with contextlib.suppress(Exception):
         sys.stdout.flush()
     print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr, flush=True)
-    os._exit(2)
+    multihost.leave(2)
 
 
 def _failure_line(error: BaseException) -> str:
@@ -1221,9 +1223,9 @@ class _OneLineFormatter(logging.Formatter):
 def main(argv: Sequence[str] | None = None) -> int:
     code = _main(argv)
     if _LEAVE_AT_ONCE:  # A distributed run failed (its one line is printed).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        from albert_jax import multihost
+
+        multihost.leave(code)
     return code
 
 

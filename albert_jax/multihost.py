@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -140,6 +141,31 @@ def report_failure(reason: str, wait_s: float = 10.0) -> None:
             continue
         with contextlib.suppress(Exception):  # Gone already, or too slow: leave anyway.
             client.blocking_key_value_get(f"{_FAILED_KEY}/ack/{p}", left)
+
+
+def leave(code: int, wait_s: float = 5.0) -> None:
+    """Ends this process now (``os._exit(code)``, no shutdown barrier), after a failure
+    every process knows of. Process 0 holds the coordination service, whose loss makes
+    JAX abort the others with a crash report: it leaves last, once each other process
+    has said it is leaving (or after ``wait_s``)."""
+    import jax
+
+    client = _client()
+    if client is not None:
+        me = jax.process_index()
+        with contextlib.suppress(Exception):
+            client.key_value_set(f"{_FAILED_KEY}/gone/{me}", "gone")
+        if me == 0:
+            deadline = time.monotonic() + wait_s
+            for p in range(1, jax.process_count()):
+                left = int(1000 * (deadline - time.monotonic()))
+                if left > 0:
+                    with contextlib.suppress(Exception):
+                        client.blocking_key_value_get(f"{_FAILED_KEY}/gone/{p}", left)
+            time.sleep(0.2)  # Their os._exit follows the key by microseconds.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @contextlib.contextmanager
