@@ -1087,8 +1087,9 @@ def add_score_command(sub: Any) -> None:
     sc.add_argument("--distributed", action="store_true",
                     help="one process per host on JAX's multi-host runtime "
                     "(JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or JAX's "
-                    "detection on TPU pods and SLURM): each scores its share of the lines, "
-                    "process 0 writes the output")
+                    "detection on TPU pods and SLURM): one mesh over every process's "
+                    "devices, each process tokenises its share of the lines, process 0 "
+                    "writes the output")
     sc.add_argument("--quiet", action="store_true", help="no progress bar")
     sc.set_defaults(func=cmd_score)
 

@@ -96,16 +96,19 @@ def agree(tag: str, error: str | None = None, timeout_s: float | None = None) ->
     if client is None:
         return
     key = f"albert_jax/agree/{count}/{tag}"
-    client.key_value_set(f"{key}/{jax.process_index()}", "error:" + error if error else "ok")
+    client.key_value_set(f"{key}/{jax.process_index()}",
+                         "ok" if error is None else "error:" + (error or "failed"))
     if error is not None:
         return
-    timeout_ms = int(1000 * (peer_timeout() if timeout_s is None else timeout_s))
+    timeout = peer_timeout() if timeout_s is None else timeout_s
+    deadline = time.monotonic() + timeout
     for p in range(jax.process_count()):
         try:
-            value = client.blocking_key_value_get(f"{key}/{p}", timeout_ms)
+            left = max(int(1000 * (deadline - time.monotonic())), 1)
+            value = client.blocking_key_value_get(f"{key}/{p}", left)
         except Exception:  # DEADLINE_EXCEEDED from the coordination service.
-            raise PeerError(f"process {p} did not reach {tag!r} within "
-                            f"{timeout_ms / 1000:g} s", late=True) from None
+            raise PeerError(f"process {p} did not reach {tag!r} within {timeout:g} s",
+                            late=True) from None
         if value.startswith("error:"):
             raise PeerError(f"process {p} failed: {value.removeprefix('error:')}")
 
