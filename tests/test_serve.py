@@ -36,7 +36,8 @@ def env(tmp_path_factory):
     """Two servers sharing one SQLite file.
 
     A: two models ("tiny" by alias, "short" by directory name, 32 positions), batches of
-    up to 2 (few shapes to compile), anonymous calls open. B: no anonymous calls, 2 KB
+    up to 2 (few shapes to compile), inputs of up to 16 tokens packed (longer ones padded
+    to a bucket: both paths), anonymous calls open. B: no anonymous calls, 2 KB
     bodies, inputs up to 32 tokens, a batch of 4 that waits up to 3 s to fill, at most 2
     rows waiting, 1 s timeout (queue full and timeouts happen on purpose).
     """
@@ -51,7 +52,8 @@ def env(tmp_path_factory):
     cache = ["--cache-dir", str(jax_cache_dir(tmp_path_factory))]
     a = Server(["--model", f"tiny={tiny}", "--model", str(short), "--db", db,
                 "--price-per-second", str(PRICE), "--max-batch-size", "2",
-                "--length-buckets", "32", "--allow-anonymous", *cache], root, "a")
+                "--length-buckets", "32", "--pack-length", "16", "--allow-anonymous", *cache],
+               root, "a")
     b = None
     try:
         a.wait_ready()
@@ -463,7 +465,7 @@ def test_batcher_bounds_shapes_and_admission(env):
 
 
 def test_a_bug_is_a_500_without_traceback(env, tmp_path, caplog):
-    """A failing engine (a bug stand-in: run_batch raises) gives 500 {"error_type":
+    """A failing engine (a bug stand-in: run_batch and run_packed raise) gives 500 {"error_type":
     "internal"} over real HTTP, the traceback only in the log, and a ledger row."""
     import threading
 
@@ -482,10 +484,11 @@ def test_a_bug_is_a_500_without_traceback(env, tmp_path, caplog):
     served = service.models["tiny"]
     assert served.batcher.ready.wait(120)
 
-    def broken(kind, rows):
+    def broken(kind, rows, **kwargs):
         raise RuntimeError("boom: a bug in the engine")
 
     served.batcher.engine.run_batch = broken
+    served.batcher.engine.run_packed = broken
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port,
                                            log_level="warning"))
