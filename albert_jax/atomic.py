@@ -98,6 +98,21 @@ def sweep_stale(directory: str | os.PathLike) -> list[str]:
     return removed
 
 
+def discard_own(path: str | os.PathLike) -> list[str]:
+    """Removes this process's temporaries of ``path`` (for a process about to end with
+    ``os._exit``, which unwinds no ``atomic_file`` block). Returns the names removed."""
+    target = Path(path).absolute()
+    prefix, suffix = _temp_name(target)
+    removed = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(target.parent):
+            if entry.name.startswith(prefix) and entry.name.endswith(suffix):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    removed.append(entry.name)
+    return removed
+
+
 def _umask_mode(full: int) -> int:
     umask = os.umask(0)
     os.umask(umask)

@@ -31,6 +31,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
+import hashlib
 import io
 import json
 import logging
@@ -402,6 +404,8 @@ def _read_lines(path: str) -> list[tuple[str, bool]]:
 
 
 def _load_task(args: argparse.Namespace, devices: Any = None):
+    """The task's model on ``devices`` (default ``jax.devices()``: under --distributed,
+    every process's)."""
     from albert_jax import hub
     from albert_jax.config import ConfigError
     from albert_jax.conversion import ConversionError
@@ -439,22 +443,83 @@ def _prepare_lines(task, lines, indices) -> tuple[dict[int, Any], dict[int, str]
     return prepared, errors
 
 
-def _exchange_prepared(task, args, lines) -> tuple[dict[int, Any], dict[int, str]]:
-    """--distributed: each process prepares its share of the lines; all get all."""
+def _exchange_prepared(task, args, lines,
+                       share: tuple[dict[int, Any], dict[int, str]]
+                       ) -> tuple[dict[int, Any], dict[int, str]]:
+    """--distributed: every process's prepared share (token ids, per-line errors) to every
+    process, so that all form the same batch plan. UserError when the processes did not
+    read the same input."""
     from albert_jax import multihost
     from albert_jax.inference import _Prepared
 
-    prepared, errors = _prepare_lines(task, lines, multihost.share(len(lines)))
     fill = args.task == "fill-mask"
-    mine = {"prepared": {i: [p.ids, p.mask_index] if fill else p for i, p in prepared.items()},
-            "errors": errors}
+    digest = hashlib.sha256("\n".join(text for text, _ in lines).encode()).hexdigest()
+    mine = {"lines": len(lines), "digest": digest,
+            "prepared": {i: [p.ids, p.mask_index] if fill else p for i, p in share[0].items()},
+            "errors": share[1]}
     everyone = [json.loads(b) for b in multihost.gather_bytes(json.dumps(mine).encode())]
+    for p, part in enumerate(everyone):
+        if (part["lines"], part["digest"]) != (everyone[0]["lines"], everyone[0]["digest"]):
+            what = (f"process {p} read {part['lines']} lines, process 0 "
+                    f"{everyone[0]['lines']}" if part["lines"] != everyone[0]["lines"]
+                    else f"processes 0 and {p} read different lines")
+            raise UserError(f"{args.input} differs between processes: {what} (every host "
+                            "needs the same file)")
     prepared, errors = {}, {}
     for part in everyone:
         for i, p in part["prepared"].items():
             prepared[int(i)] = _Prepared(ids=p[0], mask_index=p[1]) if fill else p
         errors.update({int(i): e for i, e in part["errors"].items()})
     return prepared, errors
+
+
+def _join_processes() -> None:
+    """--distributed: joins the other processes (UserError when that fails)."""
+    from albert_jax import multihost
+
+    try:
+        multihost.peer_timeout()  # A bad ALBERT_JAX_PEER_TIMEOUT_S: said before joining.
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    try:
+        multihost.initialize()
+    except (RuntimeError, ValueError) as e:  # No coordinator, bad rank, timeout.
+        raise UserError(f"--distributed: cannot join the other processes: {e}") from None
+    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+        # JAX's preemption notifier took SIGTERM over: unwind on it, as without --distributed.
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
+# Set when a distributed run fails mid-way: main() then leaves with os._exit
+# (multihost.leave), because the interpreter's normal exit waits at JAX's shutdown barrier
+# for peers blocked in a collective this process will never join (they are told to stop:
+# multihost.watch).
+_LEAVE_AT_ONCE = False
+
+
+def _peer_failed(outputs: Sequence[str], message: str) -> None:
+    """multihost.watch's callback: another process failed; this one ends now (exit 2), its
+    temporaries removed (nothing written)."""
+    from albert_jax import multihost
+    from albert_jax.atomic import discard_own
+
+    for path in outputs:
+        discard_own(path)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    print(f"{PROG}: error: {_one_line(message)}", file=sys.stderr, flush=True)
+    multihost.leave(2)
+
+
+def _failure_line(error: BaseException) -> str:
+    """One line for the other processes: what stopped this one."""
+    if isinstance(error, UserError):
+        return _one_line(str(error))
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    if isinstance(error, _Terminated):
+        return "terminated (SIGTERM)"
+    return _one_line(f"{type(error).__name__}: {error}")
 
 
 class _NoWriter(contextlib.nullcontext):
@@ -499,31 +564,13 @@ def _score_records(task, args, lines, progress=None,
         yield i, record, vector
 
 
-def cmd_score(args: argparse.Namespace) -> int:
+def _write_scores(task, args, lines, status_path: str, primary: bool,
+                  prepared_errors) -> tuple[int, int]:
+    """Scores every line and writes the outputs (on the primary process only): (lines
+    failed, tokens scored)."""
     from tqdm import tqdm
 
-    if args.task == "embed" and not args.output.endswith(".npy"):
-        raise UserError(f"--task embed writes a .npy array: --output must end in .npy, "
-                        f"got {args.output!r}")
     embed = args.task == "embed"
-    status_path = args.output[: -len(".npy")] + ".jsonl" if embed else args.output
-    for path in dict.fromkeys((status_path, args.output)):  # before any work
-        check_output_file(path)
-    lines = _read_lines(args.input)
-    _compile_cache(args)
-    primary, devices, prepared_errors = True, None, None
-    if args.distributed:  # One process per host; process 0 writes.
-        import jax
-
-        from albert_jax import multihost
-
-        multihost.initialize()
-        primary, devices = jax.process_index() == 0, jax.local_devices()
-    task = _load_task(args, devices)
-    if args.distributed:
-        task.engine.process_part = (jax.process_index(), jax.process_count())
-        prepared_errors = _exchange_prepared(task, args, lines)
-    start = time.perf_counter()
     failed = tokens = 0
     # Both outputs appear whole or not at all (an error or interrupt discards them); in a
     # distributed run only process 0 writes.
@@ -532,7 +579,8 @@ def cmd_score(args: argparse.Namespace) -> int:
                    if embed else None)
         # The bar counts lines finished (as batches complete, in any order); records are
         # written in input order as soon as they and every earlier line are done.
-        with tqdm(total=len(lines), unit="line", file=sys.stderr, disable=args.quiet) as bar:
+        with tqdm(total=len(lines), unit="line", file=sys.stderr,
+                  disable=args.quiet or not primary) as bar:
             for i, record, vector in _score_records(task, args, lines, bar.update,
                                                     prepared_errors):
                 failed += "error" in record
@@ -543,6 +591,78 @@ def cmd_score(args: argparse.Namespace) -> int:
         if embed and primary:
             with atomic_file(args.output, "wb") as array:
                 np.save(array, vectors)
+    return failed, tokens
+
+
+def _score_distributed(task, args, lines, share, status_path: str,
+                       primary: bool) -> tuple[int, int]:
+    """--distributed, once this process has prepared its share: the rest of the run in
+    lockstep with the other processes. When one fails mid-way, every one ends soon with
+    one line: the failing one tells the others (multihost.report_failure), whose watchers
+    end them (_peer_failed), then leaves at once itself (main)."""
+    global _LEAVE_AT_ONCE
+    import jax
+
+    from albert_jax import multihost
+
+    outputs = tuple(dict.fromkeys((status_path, args.output))) if primary else ()
+    try:
+        with multihost.watch(functools.partial(_peer_failed, outputs)):
+            multihost.agree("ready")
+            prepared_errors = _exchange_prepared(task, args, lines, share)
+            mesh = task.engine.mesh
+            print(f"{PROG}: process {jax.process_index()} of {jax.process_count()}: mesh "
+                  f"data={mesh.shape['data']} x fsdp={mesh.shape['fsdp']} x "
+                  f"tensor={mesh.shape['tensor']} over {mesh.devices.size} devices, "
+                  f"{jax.local_device_count()} of them here", file=sys.stderr)
+            result = _write_scores(task, args, lines, status_path, primary, prepared_errors)
+            multihost.agree("done")  # The others wait while process 0 writes.
+    except multihost.PeerError as e:
+        if e.late:  # Perhaps hung, or arriving later: it must hear of this.
+            multihost.report_failure(str(e))
+            _LEAVE_AT_ONCE = True
+        raise UserError(str(e)) from None  # (Else every process knows of the failure.)
+    except UserError:  # The same on every process (e.g. the input differs between hosts).
+        raise
+    except BaseException as e:
+        multihost.report_failure(_failure_line(e))
+        _LEAVE_AT_ONCE = True
+        raise
+    return result
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    if args.task == "embed" and not args.output.endswith(".npy"):
+        raise UserError(f"--task embed writes a .npy array: --output must end in .npy, "
+                        f"got {args.output!r}")
+    embed = args.task == "embed"
+    status_path = args.output[: -len(".npy")] + ".jsonl" if embed else args.output
+    primary = True
+    if args.distributed:  # One process per host, one mesh over all their devices.
+        import jax
+
+        from albert_jax import multihost
+
+        _join_processes()
+        primary = jax.process_index() == 0  # The one that writes.
+    try:
+        if primary:
+            for path in dict.fromkeys((status_path, args.output)):  # before any work
+                check_output_file(path)
+        lines = _read_lines(args.input)
+        _compile_cache(args)
+        task = _load_task(args)
+        if args.distributed:
+            share = _prepare_lines(task, lines, multihost.share(len(lines)))
+    except BaseException as e:
+        if args.distributed:  # The others stop too, instead of waiting for this one.
+            multihost.agree("ready", _failure_line(e))
+        raise
+    start = time.perf_counter()
+    if args.distributed:
+        failed, tokens = _score_distributed(task, args, lines, share, status_path, primary)
+    else:
+        failed, tokens = _write_scores(task, args, lines, status_path, primary, None)
     elapsed = max(time.perf_counter() - start, 1e-9)
     done = len(lines) - failed
     if primary:
@@ -1005,8 +1125,9 @@ def add_score_command(sub: Any) -> None:
     sc.add_argument("--distributed", action="store_true",
                     help="one process per host on JAX's multi-host runtime "
                     "(JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or JAX's "
-                    "detection on TPU pods and SLURM): each scores its share of the lines, "
-                    "process 0 writes the output")
+                    "detection on TPU pods and SLURM): one mesh over every process's "
+                    "devices, each process tokenises its share of the lines, process 0 "
+                    "writes the output")
     sc.add_argument("--quiet", action="store_true", help="no progress bar")
     sc.set_defaults(func=cmd_score)
 
@@ -1139,6 +1260,15 @@ class _OneLineFormatter(logging.Formatter):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _main(argv)
+    if _LEAVE_AT_ONCE:  # A distributed run failed (its one line is printed).
+        from albert_jax import multihost
+
+        multihost.leave(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:

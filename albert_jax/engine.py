@@ -21,7 +21,12 @@ and a target id where the step needs them) and hands *groups* of rows to
    (:data:`albert_jax.sharding.LOGICAL_AXIS_RULES`: replicated when ``fsdp = tensor = 1``,
    heads / FFN / vocabulary split over ``tensor``), batches split over ``data`` x ``fsdp``.
    Steps are dispatched asynchronously: batch k+1 is padded and sent while the device
-   runs batch k, and results are copied to the host only ``pipeline_depth`` batches later;
+   runs batch k, and results are copied to the host only ``pipeline_depth`` batches later.
+   The mesh may span several processes' devices (``jax.devices()`` after
+   ``jax.distributed.initialize``; :mod:`albert_jax.multihost`): then every process runs
+   the same stream in lockstep, each step is one global computation into which each
+   process puts only its own devices' rows (``jax.make_array_from_callback``), and a
+   second small computation replicates the outputs to every process;
 3. yields each group's outputs (one array, rows stacked) in input order as soon as the
    group and every group before it are complete, so memory stays bounded and results
    stream; ``progress`` is told after each batch how many groups it completed.
@@ -111,7 +116,8 @@ class EngineOptions:
     """How the engine batches and where it runs.
 
     ``data=-1`` puts every device not used by ``fsdp`` x ``tensor`` on ``data``; ``devices``
-    defaults to ``jax.devices()``. ``max_length`` caps the length buckets (default: the
+    defaults to ``jax.devices()`` (after ``jax.distributed.initialize``: every process's,
+    grouped by process). ``max_length`` caps the length buckets (default: the
     model's ``max_position_embeddings``). ``window``: rows sorted together before results
     are yielded (bounded memory for streams). ``cache_dir``: enables the persistent
     compilation cache there. ``max_batch_tokens``: a token budget per batch (rows x padded
@@ -139,7 +145,11 @@ def _is_int(x: Any) -> bool:
 
 
 class Engine:
-    """Runs bucketed, sharded, jit-compiled steps of one model over groups of rows."""
+    """Runs bucketed, sharded, jit-compiled steps of one model over groups of rows.
+
+    ``multiprocess`` is True when the mesh holds other processes' devices: then every
+    process must make the same calls, in the same order (see :meth:`stream`).
+    """
 
     def __init__(self, model: nn.Module, params: Any, options: EngineOptions | None = None,
                  **kwargs: Any) -> None:
@@ -169,7 +179,12 @@ class Engine:
             buckets.append(limit)
         self.length_buckets = tuple(buckets)
 
-        self.mesh = make_mesh(opts.data, opts.fsdp, opts.tensor, opts.devices)
+        devices = opts.devices
+        if devices is None and jax.process_count() > 1:
+            # Each process's devices side by side: its rows are one block of the data axis
+            # and a tensor group (tensor <= local devices) stays within one host.
+            devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+        self.mesh = make_mesh(opts.data, opts.fsdp, opts.tensor, devices)
         self.data_parallel = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         dp = self.data_parallel
 
@@ -181,12 +196,18 @@ class Engine:
         self.batch_size = self.batch_buckets[-1]
         self.max_batch_tokens = opts.max_batch_tokens
         self._plan: Plan | None = None
-        # (process index, process count): the default ``part`` of :meth:`stream`.
-        self.process_part: tuple[int, int] | None = None
+        # A mesh over several processes' devices (``score --distributed``): every step is
+        # one global computation that all processes launch in lockstep.
+        me = jax.process_index()
+        self.multiprocess = any(d.process_index != me for d in self.mesh.devices.flat)
+        self._replicated = NamedSharding(self.mesh, PartitionSpec())
+        # Outputs to every process (replicated), in a computation of its own so that the
+        # step compiles exactly as on one process.
+        self._gather = jax.jit(lambda tree: tree, out_shardings=self._replicated)
 
         # Parameters: unboxed, placed by their logical names.
         self._param_shardings = param_shardings(params, self.mesh)
-        self.params = jax.device_put(nn.meta.unbox(params), self._param_shardings)
+        self.params = self._put(nn.meta.unbox(params), self._param_shardings)
         self.num_traces = 0  # Traces (= compilations) of all steps: tests bound it.
         self._steps: dict[tuple, Any] = {}
 
@@ -236,6 +257,18 @@ class Engine:
                                        in_shardings=in_shardings, out_shardings=out)
         return self._steps[key]
 
+    def _put(self, tree: Any, shardings: Any) -> Any:
+        """``tree`` (the same values on every process) placed with ``shardings``. On a mesh
+        over several processes each process puts only the shards its own devices hold."""
+        if not self.multiprocess:
+            return jax.device_put(tree, shardings)
+
+        def put(x: Any, sharding: NamedSharding) -> jax.Array:
+            host = np.asarray(x)
+            return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+        return jax.tree.map(put, tree, shardings)
+
     def _check_kind(self, kind: str, top_k: int | None, candidates: Any) -> np.ndarray | None:
         """Validates the step arguments; the candidate ids as int32 (or None)."""
         if kind not in STEP_KINDS:
@@ -275,11 +308,20 @@ class Engine:
         if kind == "topk":
             k = min(top_k, self.vocab_size if candidates is None else len(candidates))
         step = self._step(kind, k, candidates is not None)
-        args = (self.params, ids, mask, position, target)
+        inputs: tuple = (ids, mask, position, target)
+        if jax.process_count() > 1:  # jit takes no numpy inputs there: jax.Arrays, on a
+            # global mesh each process supplying only its own devices' rows.
+            rows2, rows1 = batch_sharding(self.mesh, 2), batch_sharding(self.mesh, 1)
+            inputs = self._put(inputs, (rows2, rows2, rows1, rows1))
+            if candidates is not None:
+                candidates = self._put(candidates, self._replicated)
+        args = (self.params, *inputs)
         if candidates is not None:
             args += (candidates,)
         with jax.set_mesh(self.mesh):
-            return step(*args)
+            out = step(*args)
+            # Every process gets the whole batch's outputs (dispatched, not waited for).
+            return self._gather(out) if self.multiprocess else out
 
     @staticmethod
     def _fetch(out: Any, n: int) -> Any:
@@ -499,51 +541,9 @@ class Engine:
                              self.max_batch_tokens)
 
     # ---------------------------------------------------------------- streaming
-    def _row_outputs(self, kind: str, top_k: int, candidates: np.ndarray | None) -> Any:
-        """One row's output shape and dtype, as a tree like the step's."""
-        cfg = self.model.config
-        sds = jax.ShapeDtypeStruct
-        if kind == "topk":
-            k = min(top_k, cfg.vocab_size if candidates is None else len(candidates))
-            return (sds((k,), np.float32), sds((k,), np.int32))
-        return {"probs": sds((cfg.vocab_size,), np.float32), "logprob": sds((), np.float32)}.get(
-            kind, sds((cfg.hidden_size,), np.float32))
-
-    def _run_shared(self, kind: str, flat: list, order: list[int], batches: list[Batch],
-                    top_k: int, candidates: np.ndarray | None, part: tuple[int, int],
-                    results: list[Any]) -> None:
-        """Runs this process's batches (every ``part[1]``-th, from ``part[0]``) and fills
-        ``results`` with every row's output, gathered from all processes."""
-        from albert_jax import multihost
-
-        index, count = part
-        spec = self._row_outputs(kind, top_k, candidates)
-        local = jax.tree.map(lambda sd: np.zeros((len(flat), *sd.shape), np.float32), spec)
-        owner = np.zeros(len(flat), np.int64)
-        mine = []
-        for b, batch in enumerate(batches):
-            chunk = order[batch.start: batch.stop]
-            owner[chunk] = b % count
-            if b % count == index:
-                rows = [flat[i][1] for i in chunk]
-                mine.append((chunk, self._dispatch(kind, rows, batch.rows, batch.length,
-                                                   top_k, candidates)))
-        for chunk, out in mine:
-            host = self._fetch(out, len(chunk))
-            jax.tree.map(lambda dst, src, chunk=chunk: dst.__setitem__(chunk, src), local, host)
-        # Every process's rows, then each row from the process that ran it. Token ids
-        # (< 2^24) pass through float32 exactly.
-        gathered = jax.tree.map(
-            lambda a: multihost.gather_rows(a.reshape(1, *a.shape))[owner, np.arange(len(flat))],
-            local)
-        gathered = jax.tree.map(lambda a, sd: a.astype(sd.dtype), gathered, spec)
-        for i in range(len(flat)):
-            results[i] = jax.tree.map(lambda a, i=i: a[i], gathered)
-
     def _run_window(self, kind: str, groups: list[list[Row]], top_k: int,
                     candidates: np.ndarray | None,
-                    progress: Callable[[int], None] | None,
-                    part: tuple[int, int] | None = None) -> Iterator[Any]:
+                    progress: Callable[[int], None] | None) -> Iterator[Any]:
         flat = [(g, row) for g, rows in enumerate(groups) for row in rows]
         order = sorted(range(len(flat)), key=lambda i: len(flat[i][1].ids))
         batches = self._batches([len(flat[i][1].ids) for i in order])
@@ -580,12 +580,6 @@ class Engine:
                 done += 1
 
         yield from ready()  # Empty groups at the front.
-        if part is not None:
-            self._run_shared(kind, flat, order, batches, top_k, candidates, part, results)
-            remaining = [0] * len(groups)
-            if progress is not None and groups:
-                progress(len(groups))
-            batches = []
         for batch in batches:
             chunk = order[batch.start: batch.stop]
             rows = [flat[i][1] for i in chunk]
@@ -601,16 +595,14 @@ class Engine:
 
     def stream(self, kind: str, groups: Iterable[Sequence[Row]], *, top_k: int | None = None,
                candidates: Sequence[int] | None = None,
-               progress: Callable[[int], None] | None = None,
-               part: tuple[int, int] | None = None) -> Iterator[Any]:
+               progress: Callable[[int], None] | None = None) -> Iterator[Any]:
         """Yields, for each group of rows in input order, its outputs stacked: [rows, ...]
         (``"topk"``: a pair (scores [rows, k], ids [rows, k]), best first).
 
-        ``part=(process_index, process_count)``: every process passes the same groups and
-        runs only its share of each window's batches (every count-th); the outputs are
-        exchanged through JAX's collectives (:mod:`albert_jax.multihost`), so every
-        process yields all of them, each computed in exactly the batch a single process
-        would have used (the same numbers, bit for bit).
+        On a mesh over several processes' devices (:attr:`multiprocess`), every process
+        must call this with the same groups (so that all form the same batches and launch
+        the same steps in the same order); each step is one global computation, each
+        process supplying the rows its devices hold, and every process yields all outputs.
 
         Rows are sorted and batched across groups within windows of ``options.window``
         rows; a group is never split between windows. A group is yielded as soon as it
@@ -619,7 +611,6 @@ class Engine:
         is not a sequence of :class:`Row`, ValueError naming the bad argument otherwise.
         """
         cand = self._check_kind(kind, top_k, candidates)
-        part = part if part is not None else self.process_part
         if isinstance(groups, (Mapping, str, bytes)) or not isinstance(groups, Iterable):
             raise TypeError(f"groups must be an iterable of sequences of Row, got "
                             f"{type(groups).__name__}")
@@ -629,10 +620,10 @@ class Engine:
             window.append(self._check_rows(group))
             size += len(window[-1])
             if size >= self.options.window:
-                yield from self._run_window(kind, window, top_k or 0, cand, progress, part)
+                yield from self._run_window(kind, window, top_k or 0, cand, progress)
                 window, size = [], 0
         if window:
-            yield from self._run_window(kind, window, top_k or 0, cand, progress, part)
+            yield from self._run_window(kind, window, top_k or 0, cand, progress)
 
     def run(self, kind: str, groups: Iterable[Sequence[Row]], **kwargs: Any) -> list[Any]:
         """:meth:`stream` as a list."""
