@@ -527,7 +527,7 @@ def test_pack_sequences_first_fit_decreasing():
         # First fit decreasing never needs more than 11/9 OPT + 1 rows; OPT >= tokens / 32.
         bound = max(-(-sum(lengths) // 32), -(-len(lengths) // slots))
         assert len(p.slots) <= 11 / 9 * bound + 1
-    with pytest.raises(ValueError, match="1..32 tokens"):
+    with pytest.raises(ValueError, match=r"1\.\.32 tokens"):
         pack_sequences([33], 32, 4)
 
 
@@ -557,7 +557,7 @@ def test_packed_rows_equal_each_sequence_alone(mlm, layout):
     traces = eng.num_traces
     eng.run_packed("probs", rows[::-1], pack_length=32)
     assert eng.num_traces == traces
-    with pytest.raises(ValueError, match="cannot be packed|only the"):
+    with pytest.raises(ValueError, match="can be packed"):
         eng.run_packed("mean", rows, pack_length=32)
-    with pytest.raises(ValueError, match="1..32 tokens"):
+    with pytest.raises(ValueError, match=r"1\.\.32 tokens"):
         eng.run_packed("probs", [Row([5] * 33, position=0)], pack_length=32)
