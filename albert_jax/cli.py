@@ -761,9 +761,9 @@ def add_serve_command(sub) -> None:
                     "engine's)")
     sv.add_argument("--max-length", type=_at_least(3, "--max-length"), default=None,
                     help="longest input in tokens (default: the model's maximum)")
-    sv.add_argument("--pack-length", type=_at_least(0, "--pack-length"), default=128,
+    sv.add_argument("--pack-length", type=_at_least(0, "--pack-length"), default=64,
                     help="inputs up to this many tokens are packed several to a row of this "
-                    "length instead of padded one per row (default 128; 0: off)")
+                    "length instead of padded one per row (default 64; 0: off)")
     sv.set_defaults(func=cmd_serve)
 
 

@@ -412,8 +412,10 @@ class Engine:
         rows = self._check_rows(rows)
         if not rows:
             raise ValueError("rows: at least one row is needed")
-        if not _is_int(pack_length) or not 1 <= pack_length <= self.max_length:
-            raise ValueError(f"pack_length must be in 1..{self.max_length}, got {pack_length!r}")
+        # Positions restart in every packed sequence: a row may be longer than the model's
+        # max_position_embeddings (each sequence is still at most max_length).
+        if not _is_int(pack_length) or pack_length < 1:
+            raise ValueError(f"pack_length must be a positive integer, got {pack_length!r}")
         slots = self.pack_slots(pack_length)
         packing = pack_sequences([len(r.ids) for r in rows], pack_length, slots)
         used = len(packing.slots)

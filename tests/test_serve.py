@@ -510,3 +510,27 @@ def test_a_bug_is_a_500_without_traceback(env, tmp_path, caplog):
         service.close()
     rows = db.usage_summary(db.connect(url), "bug")
     assert [(r["requests"], r["failed"], r["cost"]) for r in rows] == [(1, 1, 0.0)]
+
+
+def test_a_model_that_cannot_compile_stops_the_server(env, tmp_path):
+    """Compiling a shape fails (a bug stand-in, planted in the server process): the server
+    does not sit at /ready 503 for ever; it stops with exit status 1, naming the model and
+    the error."""
+    script = """
+import sys
+from albert_jax import cli
+from albert_jax.engine import Engine
+def broken(self, kind, rows, **kwargs):
+    raise RuntimeError("boom while compiling")
+Engine.run_batch = Engine.run_packed = broken
+sys.exit(cli.main(sys.argv[1:]))
+"""
+    argv = ["serve", "--model", f"tiny={env['tiny']}", "--db", f"sqlite:///{tmp_path / 'x.db'}",
+            "--port", str(free_port()), "--max-batch-size", "1", "--length-buckets", "32",
+            "--max-length", "32"]
+    proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True,
+                          text=True, timeout=120, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "ERROR albert_jax.serving.server: compiling model tiny failed: boom while " \
+        "compiling" in proc.stderr

@@ -12,7 +12,7 @@ too. When the queue holds less than a full batch the thread waits for more rows,
 longer than ``max_wait_s`` after the oldest one arrived; a full batch goes at once, and rows
 that arrive while the device is busy ride in the next batch.
 
-With ``pack_length`` (``albert-jax serve --pack-length``, default 128) rows of at most that
+With ``pack_length`` (``albert-jax serve --pack-length``, default 64) rows of at most that
 many tokens are not padded one per row: they are packed several to a row of
 ``pack_length`` tokens (:meth:`~albert_jax.engine.Engine.run_packed`; each attends only to
 itself), and any of them may ride together, so a batch costs its tokens rather than rows x
@@ -91,7 +91,7 @@ class Batcher:
         self.pack_length = None
         self.pack_buckets: tuple[int, ...] = ()
         if pack_length and kind in PACKED_KINDS:
-            self.pack_length = min(pack_length, engine.max_length)
+            self.pack_length = pack_length  # Longer than max_length is fine: positions restart.
             cap = max(min(self.max_batch_size * self.pack_length, max_batch_tokens),
                       self.pack_length)
             self.pack_buckets = engine.pack_row_buckets(self.pack_length, cap)
@@ -104,6 +104,7 @@ class Batcher:
             self.shapes += [(r, -self.pack_length) for r in self.pack_buckets]
         self.compiled = 0
         self.ready = threading.Event()
+        self.failure: BaseException | None = None  # why compiling failed (then it ended)
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._waiting = 0  # rows queued or in the batch being gathered (what max_queue bounds)
@@ -165,11 +166,11 @@ class Batcher:
         """Compiles every (batch, length) shape the server can run."""
         start = time.perf_counter()
         for b, n in self.shapes:  # n < 0: b packed rows of -n tokens
-            rows = [Row([1] * abs(n), position=0)] * b
-            if n < 0:
-                self.engine.run_packed(self.kind, rows, pack_length=-n, num_rows=b)
+            if n < 0:  # One short row, the rest padding rows: the shape is what compiles.
+                self.engine.run_packed(self.kind, [Row([1], position=0)], pack_length=-n,
+                                       num_rows=b)
             else:
-                self.engine.run_batch(self.kind, rows)
+                self.engine.run_batch(self.kind, [Row([1] * n, position=0)] * b)
             self.compiled += 1
         logger.info("%s: %d shapes compiled in %.1f s", self.name, len(self.shapes),
                     time.perf_counter() - start)
@@ -272,9 +273,11 @@ class Batcher:
     def _run(self) -> None:
         try:
             self._warmup()
-        except BaseException:
+        except BaseException as e:
             logger.exception("compiling the %s engine failed", self.name)
-            raise
+            self.failure = e
+            self.ready.set()  # Waiters wake up, and see the failure.
+            return
         while True:
             batch = self._next_batch()
             if batch is None:

@@ -53,7 +53,7 @@ class ServeConfig:
     allow_anonymous: bool = False
     length_buckets: tuple[int, ...] | None = None
     max_length: int | None = None
-    pack_length: int = 128
+    pack_length: int = 64
 
 
 def check_config(cfg: ServeConfig) -> None:
@@ -155,11 +155,26 @@ def _serve(cfg: ServeConfig) -> int:
     names = ", ".join(service.models)
     logger.info("serving %s on http://%s:%d (compiling; /ready says when done)", names,
                 cfg.host, cfg.port)
+    failed: list[str] = []
+
+    def watch_startup() -> None:
+        # A model that cannot compile would leave /ready at 503 for ever: stop instead.
+        for name, served in service.models.items():
+            served.batcher.ready.wait()
+            if served.batcher.failure is not None:
+                failed.append(f"compiling model {name} failed: {served.batcher.failure}")
+                server.should_exit = True
+                return
+
+    threading.Thread(target=watch_startup, name="startup", daemon=True).start()
     try:
         server.run()
     finally:
         service.close()  # Rest of the queue (none after a drain), then the ledger flush.
         logger.info("stopped; usage ledger flushed")
+    if failed:
+        logger.error("%s", failed[0])
+        return 1
     return 0
 
 
