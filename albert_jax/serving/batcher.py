@@ -87,7 +87,7 @@ class Batcher:
                              f"of the shortest length bucket ({engine.length_buckets[0]})")
         # The longest row any batch can hold: longer ones are refused at admission.
         self.max_length = min(engine.max_length, fitting[-1])
-        # Packing: rows up to pack_length tokens share rows; at most pack_rows rows a batch.
+        # Packing: rows up to pack_length tokens share rows, at most pack_buckets[-1] of them.
         self.pack_length = None
         self.pack_buckets: tuple[int, ...] = ()
         if pack_length and kind in PACKED_KINDS:
@@ -95,7 +95,9 @@ class Batcher:
             cap = max(min(self.max_batch_size * self.pack_length, max_batch_tokens),
                       self.pack_length)
             self.pack_buckets = engine.pack_row_buckets(self.pack_length, cap)
-            self.max_length = max(self.max_length, self.pack_length)
+            # Packed rows are not bound by the padded-token budget's longest row (the
+            # model's own limit still is).
+            self.max_length = min(engine.max_length, max(self.max_length, self.pack_length))
         long = self.pack_length or 0  # Shorter rows are packed, never padded.
         self.shapes = [(b, n) for n in engine.length_buckets
                        if n <= self.max_length and (n > long or not self.pack_length)
