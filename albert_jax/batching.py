@@ -177,3 +177,38 @@ def planned_batches(
             out.append(Batch(i, i + take, bucket_for(take, allowed), length))
             i += take
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Packing:
+    """Several sequences per row: ``slots[r]`` lists the inputs packed into row ``r`` (input
+    indices, in the order they sit in the row); input ``i`` lies in row ``row[i]`` at slot
+    ``slot[i]``, from token ``offset[i]`` on."""
+
+    slots: tuple[tuple[int, ...], ...]
+    row: tuple[int, ...]
+    slot: tuple[int, ...]
+    offset: tuple[int, ...]
+
+
+def pack_sequences(lengths: Sequence[int], row_length: int, max_slots: int) -> Packing:
+    """First-fit decreasing: the longest sequences first, each into the first row with room
+    for it (at most ``max_slots`` sequences per row). Padding-free batching, as in
+    text-embeddings-inference: a batch costs its tokens, not rows x longest. ValueError for
+    a sequence longer than ``row_length``."""
+    if any(n > row_length or n < 1 for n in lengths):
+        raise ValueError(f"every sequence must have 1..{row_length} tokens to be packed")
+    used: list[int] = []
+    slots: list[list[int]] = []
+    row, slot, offset = [0] * len(lengths), [0] * len(lengths), [0] * len(lengths)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = next((r for r in range(len(used))
+                  if used[r] + lengths[i] <= row_length and len(slots[r]) < max_slots), None)
+        if r is None:
+            r = len(used)
+            used.append(0)
+            slots.append([])
+        row[i], slot[i], offset[i] = r, len(slots[r]), used[r]
+        slots[r].append(i)
+        used[r] += lengths[i]
+    return Packing(tuple(map(tuple, slots)), tuple(row), tuple(slot), tuple(offset))

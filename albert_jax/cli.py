@@ -761,6 +761,9 @@ def add_serve_command(sub) -> None:
                     "engine's)")
     sv.add_argument("--max-length", type=_at_least(3, "--max-length"), default=None,
                     help="longest input in tokens (default: the model's maximum)")
+    sv.add_argument("--pack-length", type=_at_least(0, "--pack-length"), default=64,
+                    help="inputs up to this many tokens are packed several to a row of this "
+                    "length instead of padded one per row (default 64; 0: off)")
     sv.set_defaults(func=cmd_serve)
 
 
@@ -780,7 +783,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
         request_timeout_s=args.request_timeout_s, dtype=args.dtype, data=args.data,
         tensor=args.tensor, cache_dir=args.cache_dir, allow_anonymous=args.allow_anonymous,
-        length_buckets=args.length_buckets, max_length=args.max_length)
+        length_buckets=args.length_buckets, max_length=args.max_length,
+        pack_length=args.pack_length)
     try:
         return server.serve(config)
     except (hub.ModelNotFoundError, ConversionError, ConfigError, FileNotFoundError,

@@ -63,6 +63,7 @@ from albert_jax.batching import (
     Plan,
     bucket_for,
     fixed_batches,
+    pack_sequences,
     plan_length_buckets,
     planned_batches,
 )
@@ -82,6 +83,8 @@ __all__ = [
 DEFAULT_LENGTH_BUCKETS = (16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512)
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 STEP_KINDS = ("probs", "topk", "logprob", "pooled", "cls", "mean")
+# The steps that read one position per sequence, which :meth:`Engine.run_packed` can pack.
+PACKED_KINDS = ("probs", "topk", "logprob")
 # Plan cost model: sustained matmul rate (FLOP/s) and seconds to compile one step shape,
 # per backend. Rough on purpose: the plan only needs the ratio of the two right to within
 # a factor of ~2 (measured: albert-base-v2 fill-mask step, 2 shared AVX2 cores).
@@ -339,6 +342,115 @@ class Engine:
         num = bucket_for(n, self.batch_buckets)
         length = bucket_for(max(len(r.ids) for r in rows), self.length_buckets)
         return self._fetch(self._dispatch(kind, rows, num, length, top_k or 0, cand), n)
+
+    # ---------------------------------------------------------------- packed steps
+    @staticmethod
+    def pack_slots(pack_length: int) -> int:
+        """Most sequences one packed row holds (the MLM head runs at that many positions of
+        every row; at 8+ tokens a sequence, a row of ``pack_length`` never needs more)."""
+        return max(1, pack_length // 8)
+
+    def pack_row_buckets(self, pack_length: int, max_tokens: int) -> tuple[int, ...]:
+        """Row counts a packed batch is padded to, up to ``max_tokens // pack_length`` rows:
+        1, 2, ..., 8, then steps of an eighth of the count (10, 12, 14, 16, 20, 24, ...),
+        each times the data-parallel size. Finer than powers of two (a packed batch should
+        pay for its tokens), with waste under 25% and few shapes to compile."""
+        top = max(max_tokens // pack_length // self.data_parallel, 1)
+        ladder, r = [], 1
+        while r < top:
+            ladder.append(r)
+            r += max(1, 1 << (r.bit_length() - 3)) if r >= 8 else 1
+        ladder.append(top)
+        return tuple(sorted({r * self.data_parallel for r in ladder}))
+
+    def _packed_step(self, kind: str, top_k: int, with_candidates: bool):
+        key = ("packed", kind, top_k, with_candidates)
+        if key not in self._steps:
+            model = self.model
+
+            def step(params, ids, mask, positions, masked, target, candidates=None):
+                self.num_traces += 1
+                with nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+                    logits = model.apply(params, ids, mask, position_ids=positions,
+                                         masked_positions=masked).logits  # [R, slots, V]
+                logits = logits.astype(jnp.float32)
+                if kind == "probs":
+                    return jax.nn.softmax(logits, axis=-1)
+                if kind == "topk":
+                    probs = jax.nn.softmax(logits, axis=-1)
+                    if candidates is None:
+                        return tuple(jax.lax.top_k(probs, top_k))
+                    scores, index = jax.lax.top_k(probs[..., candidates], top_k)
+                    return scores, candidates[index]
+                logp = jax.nn.log_softmax(logits, axis=-1)
+                return jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
+
+            rows2, rows3 = batch_sharding(self.mesh, 2), batch_sharding(self.mesh, 3)
+            in_shardings: tuple = (self._param_shardings, rows2, rows3, rows2, rows2, rows2)
+            out: Any = {"probs": rows3, "topk": (rows3, rows3), "logprob": rows2}[kind]
+            if with_candidates:
+                in_shardings += (NamedSharding(self.mesh, PartitionSpec()),)
+            self._steps[key] = jax.jit(step, in_shardings=in_shardings, out_shardings=out)
+        return self._steps[key]
+
+    def run_packed(self, kind: str, rows: Sequence[Row], *, pack_length: int,
+                   num_rows: int | None = None, top_k: int | None = None,
+                   candidates: Sequence[int] | None = None) -> Any:
+        """:meth:`run_batch` for the one-position steps (:data:`PACKED_KINDS`), with the
+        sequences packed several to a row of ``pack_length`` tokens (first-fit decreasing)
+        instead of one per row padded to a length bucket: outputs [len(rows), ...].
+
+        Each sequence attends only to itself (a [rows, L, L] block-diagonal attention mask)
+        and its positions restart at 0, so its output is the one it has alone, up to float
+        rounding. The batch is padded to ``num_rows`` rows (default: the smallest of
+        :meth:`pack_row_buckets` that holds it); a run compiles once per row count.
+        """
+        if kind not in PACKED_KINDS:
+            raise ValueError(f"only the {', '.join(PACKED_KINDS)} steps can be packed, "
+                             f"not {kind!r}")
+        cand = self._check_kind(kind, top_k, candidates)
+        rows = self._check_rows(rows)
+        if not rows:
+            raise ValueError("rows: at least one row is needed")
+        # Positions restart in every packed sequence: a row may be longer than the model's
+        # max_position_embeddings (each sequence is still at most max_length).
+        if not _is_int(pack_length) or pack_length < 1:
+            raise ValueError(f"pack_length must be a positive integer, got {pack_length!r}")
+        slots = self.pack_slots(pack_length)
+        packing = pack_sequences([len(r.ids) for r in rows], pack_length, slots)
+        used = len(packing.slots)
+        if num_rows is None:
+            dp = self.data_parallel
+            num_rows = -(-used // dp) * dp
+        if num_rows < used or num_rows % self.data_parallel:
+            raise ValueError(f"num_rows={num_rows} cannot hold the {used} packed rows (or is "
+                             f"not a multiple of {self.data_parallel})")
+        shape = (num_rows, pack_length)
+        ids, positions = np.zeros(shape, np.int32), np.zeros(shape, np.int32)
+        mask = np.zeros((*shape, pack_length), np.bool_)
+        masked, target = np.zeros((num_rows, slots), np.int32), np.zeros((num_rows, slots),
+                                                                          np.int32)
+        for i, row in enumerate(rows):
+            r, a, n = packing.row[i], packing.offset[i], len(row.ids)
+            ids[r, a: a + n] = row.ids
+            positions[r, a: a + n] = np.arange(n)
+            mask[r, a: a + n, a: a + n] = True
+            masked[r, packing.slot[i]] = a + row.position
+            target[r, packing.slot[i]] = row.target
+        # Padding tokens attend to themselves: no all-masked softmax row (NaN-free).
+        free_row, free_token = np.nonzero(~mask.any(axis=-1))
+        mask[free_row, free_token, free_token] = True
+        k = 0
+        if kind == "topk":
+            k = min(top_k, self.vocab_size if cand is None else len(cand))
+        step = self._packed_step(kind, k, cand is not None)
+        args = (self.params, ids, mask, positions, masked, target)
+        if cand is not None:
+            args += (cand,)
+        with jax.set_mesh(self.mesh):
+            out = step(*args)
+        where = (np.asarray(packing.row), np.asarray(packing.slot))
+        return jax.tree.map(lambda a: np.asarray(a)[where], out)
 
     # ---------------------------------------------------------------- host side
     def check(self, ids: Sequence[int], position: int | None = None,

@@ -208,15 +208,17 @@ class AlbertEmbeddings(nn.Module):
         self.LayerNorm = _layer_norm(cfg, "embedding", "LayerNorm")
         self.dropout = nn.Dropout(cfg.hidden_dropout_prob)
 
-    def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool) -> Array:
+    def __call__(self, input_ids: Array, token_type_ids: Array, deterministic: bool,
+                 position_ids: Array | None = None) -> Array:
+        """[B, S] ids -> [B, S, E]. ``position_ids`` [B, S] (default 0..S-1 in every row:
+        batches are padded on the right) restart at 0 for each sequence of a packed row."""
         seq_len = input_ids.shape[-1]
-        if seq_len > self.config.max_position_embeddings:
+        if position_ids is None and seq_len > self.config.max_position_embeddings:
             raise ValueError(
                 f"sequence length {seq_len} exceeds max_position_embeddings "
                 f"({self.config.max_position_embeddings})"
             )
-        # Positions are 0..S-1 whatever the padding, so batches are padded on the right.
-        positions = jnp.arange(seq_len)[None, :]
+        positions = jnp.arange(seq_len)[None, :] if position_ids is None else position_ids
         x = (
             self.word_embeddings(input_ids)
             + self.position_embeddings(positions)
@@ -415,8 +417,13 @@ class AlbertEncoder(nn.Module):
 
 
 def attention_mask_bias(attention_mask: Array) -> Array:
-    """[B, S] mask of 1 (attend) / 0 (padding) -> additive bias [B, 1, 1, S] in float32."""
-    mask = attention_mask[:, None, None, :].astype(jnp.float32)
+    """Additive attention bias in float32: 0 where attended, the float32 minimum elsewhere.
+
+    [B, S] mask of 1 (attend) / 0 (padding) -> [B, 1, 1, S]; [B, S, S] mask (query q may
+    attend key k: several sequences packed in one row attend only within themselves) ->
+    [B, 1, S, S]."""
+    mask = attention_mask.astype(jnp.float32)
+    mask = mask[:, None, None, :] if mask.ndim == 2 else mask[:, None, :, :]
     return (1.0 - mask) * jnp.finfo(jnp.float32).min
 
 
@@ -437,9 +444,11 @@ class AlbertBackbone(nn.Module):
     def __call__(
         self, input_ids: Array, attention_mask: Array, token_type_ids: Array,
         deterministic: bool, output_hidden_states: bool, output_attentions: bool,
+        position_ids: Array | None = None,
     ) -> AlbertOutput:
-        """input_ids, attention_mask, token_type_ids: [B, S] (the heads fill in defaults)."""
-        embeddings = self.embeddings(input_ids, token_type_ids, deterministic)
+        """input_ids, token_type_ids, position_ids: [B, S]; attention_mask [B, S] or
+        [B, S, S] (the heads fill in defaults)."""
+        embeddings = self.embeddings(input_ids, token_type_ids, deterministic, position_ids)
         sequence, hidden, attn = self.encoder(
             embeddings, attention_mask_bias(attention_mask), deterministic,
             output_hidden_states, output_attentions,
@@ -493,9 +502,12 @@ def gather_positions(x: Array, positions: Array) -> Array:
 class _Head(nn.Module):
     """The backbone (named ``albert``) followed by a task head: ``Model(config)``.
 
-    ``__call__(input_ids, attention_mask=None, token_type_ids=None, *, deterministic=True,
-    output_hidden_states=False, output_attentions=False, **head_inputs)`` takes [B, S]
-    arrays ([B, C, S] for multiple choice). Subclasses implement :meth:`head`.
+    ``__call__(input_ids, attention_mask=None, token_type_ids=None, *, position_ids=None,
+    deterministic=True, output_hidden_states=False, output_attentions=False,
+    **head_inputs)`` takes [B, S] arrays ([B, C, S] for multiple choice). ``attention_mask``
+    may also be [B, S, S] (whether query q may attend key k) and, with ``position_ids``
+    restarting at 0 per sequence, run several sequences packed into one row, each exactly
+    as if alone. Subclasses implement :meth:`head`.
     """
 
     config: AlbertConfig
@@ -516,6 +528,7 @@ class _Head(nn.Module):
         attention_mask: Array | None = None,
         token_type_ids: Array | None = None,
         *,
+        position_ids: Array | None = None,
         deterministic: bool = True,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
@@ -530,10 +543,18 @@ class _Head(nn.Module):
         def flat(x: Array) -> Array:  # [..., S] -> [N, S]; a no-op for [B, S].
             return x.reshape(-1, shape[-1])
 
+        if attention_mask.shape == (*shape, shape[-1]):  # [..., S, S] -> [N, S, S]
+            mask = attention_mask.reshape(-1, shape[-1], shape[-1])
+        elif attention_mask.shape == shape:
+            mask = flat(attention_mask)
+        else:
+            raise ValueError(f"attention_mask has shape {attention_mask.shape}; expected "
+                             f"{shape} or {(*shape, shape[-1])} for input_ids {shape}")
         backbone = AlbertBackbone(self.config, add_pooling_layer=self.uses_pooler, name="albert")
         out = backbone(
-            flat(input_ids), flat(attention_mask), flat(token_type_ids), deterministic,
+            flat(input_ids), mask, flat(token_type_ids), deterministic,
             output_hidden_states, output_attentions,
+            None if position_ids is None else flat(position_ids),
         )
         return self.head(backbone, out, deterministic, shape, **head_inputs)
 

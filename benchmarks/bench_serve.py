@@ -3,8 +3,10 @@
 A bounded loopback load generator (httpx, async, a fixed number of requests per level)
 sends fill-mask requests from 1, 16, 64 and 256 concurrent clients to, one after the other:
 
-(a) `albert-jax serve` (continuous dynamic batching, batches up to 32 rows / 8192 tokens),
+(a) `albert-jax serve` (continuous dynamic batching, batches up to 32 inputs / 8192 tokens,
+    inputs packed several to a row: the default ``--pack-length 64``),
 (b) the same server with batching off (`--max-batch-size 1`),
+(e) (a) without packing (``--pack-length 0``: each input padded to its length bucket),
 (c) transformers' fill-mask pipeline behind a minimal FastAPI app that calls it one
     request at a time (what Hugging Face's inference toolkit does).
 
@@ -176,8 +178,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", default="1:32,16:128,64:256,256:512",
                         help="clients:requests per level")
-    parser.add_argument("--only", default="abc",
-                        help="which servers to run (default abc; d: (a) in bfloat16)")
+    parser.add_argument("--only", default="abec",
+                        help="which servers to run (default abec; d: (a) in bfloat16)")
     args = parser.parse_args()
     levels = [tuple(int(x) for x in level.split(":")) for level in args.requests.split(",")]
 
@@ -205,6 +207,9 @@ def main() -> None:
     servers = {
         "a": ("(a) albert-jax serve", [*cli, "serve", *common, "--max-batch-size", "32"], auth),
         "b": ("(b) batching off", [*cli, "serve", *common, "--max-batch-size", "1"], auth),
+        # (a) without packing: each input padded to its length bucket, one per row.
+        "e": ("(e) = (a) with --pack-length 0",
+              [*cli, "serve", *common, "--max-batch-size", "32", "--pack-length", "0"], auth),
         # Not part of the comparison (different numbers): the same server in bfloat16.
         "d": ("(d) = (a) with --dtype bfloat16",
               [*cli, "serve", *common, "--max-batch-size", "32", "--dtype", "bfloat16"], auth),

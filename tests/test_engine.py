@@ -505,3 +505,59 @@ def test_tasks_reject_a_dict_for_a_list(mlm, base, tokenizer):
         fm("the [MASK] sat", targets={"cat": 1})
     with pytest.raises(TypeError, match="top_k must be an integer"):
         fm("the [MASK] sat", top_k=2.5)
+
+
+# ------------------------------------------------------------------------------ packing
+def test_pack_sequences_first_fit_decreasing():
+    from albert_jax.batching import pack_sequences
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        lengths = list(rng.integers(1, 33, rng.integers(1, 40)))
+        slots = int(rng.integers(1, 6))
+        p = pack_sequences(lengths, 32, slots)
+        assert sorted(i for row in p.slots for i in row) == list(range(len(lengths)))
+        for r, members in enumerate(p.slots):
+            assert 1 <= len(members) <= slots
+            ends = 0
+            for s, i in enumerate(members):  # contiguous, in slot order, inside the row
+                assert (p.row[i], p.slot[i], p.offset[i]) == (r, s, ends)
+                ends += lengths[i]
+            assert ends <= 32
+        # First fit decreasing never needs more than 11/9 OPT + 1 rows; OPT >= tokens / 32.
+        bound = max(-(-sum(lengths) // 32), -(-len(lengths) // slots))
+        assert len(p.slots) <= 11 / 9 * bound + 1
+    with pytest.raises(ValueError, match=r"1\.\.32 tokens"):
+        pack_sequences([33], 32, 4)
+
+
+@pytest.mark.parametrize("layout", ["1dev", "data2_tensor4"])
+def test_packed_rows_equal_each_sequence_alone(mlm, layout):
+    """Several sequences packed into each row (block-diagonal attention, positions from 0)
+    give each the outputs of its unbatched, unpadded forward: probabilities, log-probability
+    of a target, and the top k chosen on the device."""
+    model, params = mlm
+    eng = Engine(model, params, **OPTS, **LAYOUTS[layout])
+    rng = np.random.default_rng(3)
+    rows = [Row(list(rng.integers(5, CONFIG.vocab_size, n)), position=int(rng.integers(n)),
+                target=int(rng.integers(CONFIG.vocab_size)))
+            for n in (1, 2, 5, 9, 13, 17, 24, 30, 31, 32, 3, 7)]
+    probs = eng.run_packed("probs", rows, pack_length=32)
+    logprob = eng.run_packed("logprob", rows, pack_length=64)
+    scores, ids = eng.run_packed("topk", rows, pack_length=32, top_k=3)
+    assert probs.shape == (len(rows), CONFIG.vocab_size) and logprob.shape == (len(rows),)
+    for i, row in enumerate(rows):
+        logits = _single(model, params, row.ids).logits[0, row.position]
+        atol = logprob_atol(logits)
+        np.testing.assert_allclose(probs[i], jax.nn.softmax(logits), atol=atol)
+        np.testing.assert_allclose(logprob[i], jax.nn.log_softmax(logits)[row.target], atol=atol)
+        np.testing.assert_allclose(scores[i], np.sort(probs[i])[::-1][:3], atol=atol)
+        assert set(ids[i]) <= set(np.argsort(probs[i])[::-1][:4])  # ties at the edge aside
+    # Each packed row count compiles once: the same rows again trace nothing new.
+    traces = eng.num_traces
+    eng.run_packed("probs", rows[::-1], pack_length=32)
+    assert eng.num_traces == traces
+    with pytest.raises(ValueError, match="can be packed"):
+        eng.run_packed("mean", rows, pack_length=32)
+    with pytest.raises(ValueError, match=r"1\.\.32 tokens"):
+        eng.run_packed("probs", [Row([5] * 33, position=0)], pack_length=32)

@@ -36,7 +36,8 @@ def env(tmp_path_factory):
     """Two servers sharing one SQLite file.
 
     A: two models ("tiny" by alias, "short" by directory name, 32 positions), batches of
-    up to 2 (few shapes to compile), anonymous calls open. B: no anonymous calls, 2 KB
+    up to 2 (few shapes to compile), inputs of up to 16 tokens packed (longer ones padded
+    to a bucket: both paths), anonymous calls open. B: no anonymous calls, 2 KB
     bodies, inputs up to 32 tokens, a batch of 4 that waits up to 3 s to fill, at most 2
     rows waiting, 1 s timeout (queue full and timeouts happen on purpose).
     """
@@ -51,7 +52,8 @@ def env(tmp_path_factory):
     cache = ["--cache-dir", str(jax_cache_dir(tmp_path_factory))]
     a = Server(["--model", f"tiny={tiny}", "--model", str(short), "--db", db,
                 "--price-per-second", str(PRICE), "--max-batch-size", "2",
-                "--length-buckets", "32", "--allow-anonymous", *cache], root, "a")
+                "--length-buckets", "32", "--pack-length", "16", "--allow-anonymous", *cache],
+               root, "a")
     b = None
     try:
         a.wait_ready()
@@ -463,7 +465,7 @@ def test_batcher_bounds_shapes_and_admission(env):
 
 
 def test_a_bug_is_a_500_without_traceback(env, tmp_path, caplog):
-    """A failing engine (a bug stand-in: run_batch raises) gives 500 {"error_type":
+    """A failing engine (a bug stand-in: run_batch and run_packed raise) gives 500 {"error_type":
     "internal"} over real HTTP, the traceback only in the log, and a ledger row."""
     import threading
 
@@ -482,10 +484,11 @@ def test_a_bug_is_a_500_without_traceback(env, tmp_path, caplog):
     served = service.models["tiny"]
     assert served.batcher.ready.wait(120)
 
-    def broken(kind, rows):
+    def broken(kind, rows, **kwargs):
         raise RuntimeError("boom: a bug in the engine")
 
     served.batcher.engine.run_batch = broken
+    served.batcher.engine.run_packed = broken
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port,
                                            log_level="warning"))
@@ -507,3 +510,27 @@ def test_a_bug_is_a_500_without_traceback(env, tmp_path, caplog):
         service.close()
     rows = db.usage_summary(db.connect(url), "bug")
     assert [(r["requests"], r["failed"], r["cost"]) for r in rows] == [(1, 1, 0.0)]
+
+
+def test_a_model_that_cannot_compile_stops_the_server(env, tmp_path):
+    """Compiling a shape fails (a bug stand-in, planted in the server process): the server
+    does not sit at /ready 503 for ever; it stops with exit status 1, naming the model and
+    the error."""
+    script = """
+import sys
+from albert_jax import cli
+from albert_jax.engine import Engine
+def broken(self, kind, rows, **kwargs):
+    raise RuntimeError("boom while compiling")
+Engine.run_batch = Engine.run_packed = broken
+sys.exit(cli.main(sys.argv[1:]))
+"""
+    argv = ["serve", "--model", f"tiny={env['tiny']}", "--db", f"sqlite:///{tmp_path / 'x.db'}",
+            "--port", str(free_port()), "--max-batch-size", "1", "--length-buckets", "32",
+            "--max-length", "32"]
+    proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True,
+                          text=True, timeout=120, cwd=REPO,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "ERROR albert_jax.serving.server: compiling model tiny failed: boom while " \
+        "compiling" in proc.stderr

@@ -12,6 +12,13 @@ too. When the queue holds less than a full batch the thread waits for more rows,
 longer than ``max_wait_s`` after the oldest one arrived; a full batch goes at once, and rows
 that arrive while the device is busy ride in the next batch.
 
+With ``pack_length`` (``albert-jax serve --pack-length``, default 64) rows of at most that
+many tokens are not padded one per row: they are packed several to a row of
+``pack_length`` tokens (:meth:`~albert_jax.engine.Engine.run_packed`; each attends only to
+itself), and any of them may ride together, so a batch costs its tokens rather than rows x
+its longest row. Row counts of packed batches come in fine steps
+(:meth:`~albert_jax.engine.Engine.pack_row_buckets`). Longer rows are batched as above.
+
 A batch's device time is shared among its rows in proportion to their tokens: that share
 is what a request is billed.
 """
@@ -28,7 +35,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from albert_jax.engine import Engine, Row, bucket_for
+from albert_jax.batching import pack_sequences
+from albert_jax.engine import PACKED_KINDS, Engine, Row, bucket_for
 from albert_jax.serving.metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -63,7 +71,7 @@ class Batcher:
     def __init__(self, engine: Engine, *, name: str, kind: str = "probs",
                  max_batch_size: int = 32, max_batch_tokens: int = 8192,
                  max_wait_s: float = 0.002, max_queue: int = 512,
-                 metrics: Metrics | None = None) -> None:
+                 pack_length: int | None = None, metrics: Metrics | None = None) -> None:
         self.engine = engine
         self.name = name
         self.kind = kind
@@ -79,10 +87,26 @@ class Batcher:
                              f"of the shortest length bucket ({engine.length_buckets[0]})")
         # The longest row any batch can hold: longer ones are refused at admission.
         self.max_length = min(engine.max_length, fitting[-1])
-        self.shapes = [(b, n) for n in engine.length_buckets if n <= self.max_length
+        # Packing: rows up to pack_length tokens share rows, at most pack_buckets[-1] of them.
+        self.pack_length = None
+        self.pack_buckets: tuple[int, ...] = ()
+        if pack_length and kind in PACKED_KINDS:
+            self.pack_length = pack_length  # Longer than max_length is fine: positions restart.
+            cap = max(min(self.max_batch_size * self.pack_length, max_batch_tokens),
+                      self.pack_length)
+            self.pack_buckets = engine.pack_row_buckets(self.pack_length, cap)
+            # Packed rows are not bound by the padded-token budget's longest row (the
+            # model's own limit still is).
+            self.max_length = min(engine.max_length, max(self.max_length, self.pack_length))
+        long = self.pack_length or 0  # Shorter rows are packed, never padded.
+        self.shapes = [(b, n) for n in engine.length_buckets
+                       if n <= self.max_length and (n > long or not self.pack_length)
                        for b in engine.batch_buckets if b == smallest or b * n <= max_batch_tokens]
+        if self.pack_length:
+            self.shapes += [(r, -self.pack_length) for r in self.pack_buckets]
         self.compiled = 0
         self.ready = threading.Event()
+        self.failure: BaseException | None = None  # why compiling failed (then it ended)
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._waiting = 0  # rows queued or in the batch being gathered (what max_queue bounds)
@@ -143,9 +167,12 @@ class Batcher:
     def _warmup(self) -> None:
         """Compiles every (batch, length) shape the server can run."""
         start = time.perf_counter()
-        for b, n in self.shapes:
-            rows = [Row([1] * n, position=0)] * b
-            self.engine.run_batch(self.kind, rows)
+        for b, n in self.shapes:  # n < 0: b packed rows of -n tokens
+            if n < 0:  # One short row, the rest padding rows: the shape is what compiles.
+                self.engine.run_packed(self.kind, [Row([1], position=0)], pack_length=-n,
+                                       num_rows=b)
+            else:
+                self.engine.run_batch(self.kind, [Row([1] * n, position=0)] * b)
             self.compiled += 1
         logger.info("%s: %d shapes compiled in %.1f s", self.name, len(self.shapes),
                     time.perf_counter() - start)
@@ -154,6 +181,16 @@ class Batcher:
     def _padded(self, rows: int, longest: int) -> int:
         return (bucket_for(rows, self.engine.batch_buckets)
                 * bucket_for(longest, self.engine.length_buckets))
+
+    def _packable(self, n: int) -> bool:
+        return self.pack_length is not None and n <= self.pack_length
+
+    def _packed_rows(self, lengths: list[int]) -> int | None:
+        """The row bucket ``lengths`` pack into, or None when they need more rows than a
+        packed batch may have."""
+        used = len(pack_sequences(lengths, self.pack_length,
+                                  self.engine.pack_slots(self.pack_length)).slots)
+        return next((b for b in self.pack_buckets if b >= used), None)
 
     def _take(self, batch: list[_Item], longest: int) -> tuple[int, bool]:
         """Moves queued rows into ``batch``; (longest row, nothing more to wait for).
@@ -165,14 +202,24 @@ class Batcher:
         ``_waiting`` when its batch is dispatched (or here, when its request gave up).
         """
         lengths = self.engine.length_buckets
-        bucket = bucket_for(longest, lengths) if batch else None
+        # A packed batch (its oldest row packable) takes packable rows only, while they pack
+        # into its largest row bucket.
+        packed = bool(batch) and self._packable(len(batch[0].row.ids))
+        bucket = bucket_for(longest, lengths) if batch and not packed else None
         skipped: collections.deque[_Item] = collections.deque()
         while self._queue and len(batch) < self.max_batch_size:
             item = self._queue.popleft()
             n = len(item.row.ids)
-            if bucket is not None and (
+            if not batch:
+                packed = self._packable(n)
+            if packed:
+                refuse = bool(batch) and (not self._packable(n) or self._packed_rows(
+                    [len(b.row.ids) for b in batch] + [n]) is None)
+            else:
+                refuse = bucket is not None and (
                     bucket_for(n, lengths) > bucket
-                    or self._padded(len(batch) + 1, bucket) > self.max_batch_tokens):
+                    or self._padded(len(batch) + 1, bucket) > self.max_batch_tokens)
+            if refuse:
                 skipped.append(item)
                 continue
             if not item.taken:
@@ -182,7 +229,7 @@ class Batcher:
                 item.taken = True
             batch.append(item)
             longest = max(longest, n)
-            if bucket is None:
+            if bucket is None and not packed:
                 bucket = bucket_for(n, lengths)
         full = len(batch) >= self.max_batch_size or bool(skipped)
         if skipped:
@@ -193,7 +240,10 @@ class Batcher:
     def _trim(self, batch: list[_Item]) -> None:
         """Cuts ``batch`` to the largest batch bucket it fills; the rest go back to the front
         of the queue and lead the next batch. Padding rows cost as much as real ones (on a
-        CPU fully), so 23 rows run as 16 now and 7 + newcomers next, not as 32."""
+        CPU fully), so 23 rows run as 16 now and 7 + newcomers next, not as 32. Packed
+        batches pay for their tokens already and are not cut."""
+        if self._packable(len(batch[0].row.ids)):
+            return
         fits = [b for b in self.engine.batch_buckets if b <= len(batch)]
         if fits and fits[-1] < len(batch):
             rest = batch[fits[-1]:]
@@ -225,9 +275,11 @@ class Batcher:
     def _run(self) -> None:
         try:
             self._warmup()
-        except BaseException:
+        except BaseException as e:
             logger.exception("compiling the %s engine failed", self.name)
-            raise
+            self.failure = e
+            self.ready.set()  # Waiters wake up, and see the failure.
+            return
         while True:
             batch = self._next_batch()
             if batch is None:
@@ -241,8 +293,14 @@ class Batcher:
 
     def _run_batch(self, batch: list[_Item]) -> None:
         start = time.perf_counter()
+        rows = [item.row for item in batch]
         try:
-            out = self.engine.run_batch(self.kind, [item.row for item in batch])
+            if self._packable(len(rows[0].ids)):
+                out = self.engine.run_packed(
+                    self.kind, rows, pack_length=self.pack_length,
+                    num_rows=self._packed_rows([len(r.ids) for r in rows]))
+            else:
+                out = self.engine.run_batch(self.kind, rows)
         except BaseException as e:  # A bug: every request of the batch learns of it.
             logger.exception("engine batch of %d rows failed", len(batch))
             for item in batch:

@@ -80,7 +80,7 @@ def load_model(spec: str, *, price_per_second: float, max_batch_size: int,
                max_batch_tokens: int, max_wait_ms: float, max_queue: int,
                metrics: Metrics, dtype: str = "float32", data: int = -1, tensor: int = 1,
                cache_dir: str | None = None, length_buckets: tuple[int, ...] | None = None,
-               max_length: int | None = None) -> ServedModel:
+               max_length: int | None = None, pack_length: int | None = 64) -> ServedModel:
     """Loads ``spec`` (``[ALIAS=]NAME_OR_DIR``) and builds its engine and batcher (not started)."""
     name, source = parse_model_spec(spec)
     kwargs: dict[str, Any] = dict(batch_size=max_batch_size, data=data, tensor=tensor,
@@ -90,6 +90,6 @@ def load_model(spec: str, *, price_per_second: float, max_batch_size: int,
     fill_mask = FillMask.from_pretrained(source, **kwargs)
     batcher = Batcher(fill_mask.engine, name=name, max_batch_size=max_batch_size,
                       max_batch_tokens=max_batch_tokens, max_wait_s=max_wait_ms / 1000.0,
-                      max_queue=max_queue, metrics=metrics)
+                      max_queue=max_queue, pack_length=pack_length or None, metrics=metrics)
     return ServedModel(name=name, source=source, fill_mask=fill_mask, batcher=batcher,
                        price_per_second=price_per_second, dtype=dtype, card=_card(source))

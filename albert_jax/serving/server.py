@@ -53,6 +53,7 @@ class ServeConfig:
     allow_anonymous: bool = False
     length_buckets: tuple[int, ...] | None = None
     max_length: int | None = None
+    pack_length: int = 64
 
 
 def check_config(cfg: ServeConfig) -> None:
@@ -67,6 +68,8 @@ def check_config(cfg: ServeConfig) -> None:
         raise ValueError(f"--request-timeout-s must be > 0, got {cfg.request_timeout_s}")
     if cfg.price_per_second < 0:
         raise ValueError(f"--price-per-second must be >= 0, got {cfg.price_per_second}")
+    if cfg.pack_length < 0:
+        raise ValueError(f"--pack-length must be >= 0, got {cfg.pack_length}")
     if not 0 <= cfg.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {cfg.port}")
 
@@ -82,7 +85,7 @@ def build_service(cfg: ServeConfig) -> Service:
             max_batch_tokens=cfg.max_batch_tokens, max_wait_ms=cfg.max_wait_ms,
             max_queue=cfg.max_queue, metrics=metrics, dtype=cfg.dtype, data=cfg.data,
             tensor=cfg.tensor, cache_dir=cfg.cache_dir, length_buckets=cfg.length_buckets,
-            max_length=cfg.max_length)
+            max_length=cfg.max_length, pack_length=cfg.pack_length)
         if served.name in models:
             raise ValueError(f"two models are served as {served.name!r}: give one an alias "
                              "(--model ALIAS=NAME_OR_DIR)")
@@ -152,11 +155,26 @@ def _serve(cfg: ServeConfig) -> int:
     names = ", ".join(service.models)
     logger.info("serving %s on http://%s:%d (compiling; /ready says when done)", names,
                 cfg.host, cfg.port)
+    failed: list[str] = []
+
+    def watch_startup() -> None:
+        # A model that cannot compile would leave /ready at 503 for ever: stop instead.
+        for name, served in service.models.items():
+            served.batcher.ready.wait()
+            if served.batcher.failure is not None:
+                failed.append(f"compiling model {name} failed: {served.batcher.failure}")
+                server.should_exit = True
+                return
+
+    threading.Thread(target=watch_startup, name="startup", daemon=True).start()
     try:
         server.run()
     finally:
         service.close()  # Rest of the queue (none after a drain), then the ledger flush.
         logger.info("stopped; usage ledger flushed")
+    if failed:
+        logger.error("%s", failed[0])
+        return 1
     return 0
 
 

@@ -91,7 +91,8 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return all(m.batcher.ready.is_set() for m in self.models.values())
+        return all(m.batcher.ready.is_set() and m.batcher.failure is None
+                   for m in self.models.values())
 
     def compile_progress(self) -> tuple[int, int]:
         done = sum(m.batcher.compiled for m in self.models.values())
