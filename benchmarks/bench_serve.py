@@ -19,7 +19,9 @@ server (tokens equal, scores within 1e-5): a lost or mismatched response is coun
 servers get ``--request-timeout-s 300``: the 256-client level queues for longer than the
 default 30 s on a 2-core CPU, and a 504 would count as lost.
 
-    python benchmarks/bench_serve.py [--requests 1:32,16:128,64:256,256:512]
+    python benchmarks/bench_serve.py [--requests 1:32,16:128,64:256,256:512] [--only abec]
+    # (a) and (c) twice, alternating: a fair pair when the machine's other load varies
+    python benchmarks/bench_serve.py --only acac
 """
 
 from __future__ import annotations
@@ -179,7 +181,8 @@ def main() -> None:
     parser.add_argument("--requests", default="1:32,16:128,64:256,256:512",
                         help="clients:requests per level")
     parser.add_argument("--only", default="abec",
-                        help="which servers to run (default abec; d: (a) in bfloat16)")
+                        help="which servers to run, in order (default abec; d: (a) in "
+                        "bfloat16; a tag may repeat)")
     args = parser.parse_args()
     levels = [tuple(int(x) for x in level.split(":")) for level in args.requests.split(",")]
 
