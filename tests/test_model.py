@@ -251,6 +251,28 @@ def test_masked_positions_equal_full_logits():
     np.testing.assert_allclose(picked, want, rtol=0, atol=f32_atol(want, reduction=16, steps=3))
 
 
+def test_packed_row_equals_each_sequence_alone():
+    """Two sequences in one row with a block-diagonal [B, S, S] mask and positions from 0 in
+    each: each gets the hidden states it has alone; a mask of another shape is refused."""
+    model = M.AlbertModel(tiny_config())
+    params = model.init_params(jax.random.key(1))
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(5, 100, 4), rng.integers(5, 100, 6)
+    mask = np.zeros((1, 12, 12), np.int32)
+    mask[0, :4, :4] = mask[0, 4:10, 4:10] = 1
+    mask[0, 10, 10] = mask[0, 11, 11] = 1  # padding tokens attend to themselves
+    ids = np.concatenate([a, b, [0, 0]])[None]
+    positions = np.concatenate([np.arange(4), np.arange(6), [0, 0]])[None]
+    packed = model.apply(params, ids, mask, position_ids=positions).last_hidden_state[0]
+    alone_a = model.apply(params, a[None]).last_hidden_state[0]
+    alone_b = model.apply(params, b[None]).last_hidden_state[0]
+    for got, want in ((packed[:4], alone_a), (packed[4:10], alone_b)):
+        atol = model_atol(want, hidden_size=16, intermediate_size=32, num_hidden_layers=4)
+        np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+    with pytest.raises(ValueError, match="attention_mask has shape"):
+        model.apply(params, ids, mask[:, :, :6])
+
+
 def test_dropout_only_when_not_deterministic():
     cfg = tiny_config(hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
     model = M.AlbertForSequenceClassification(cfg)
