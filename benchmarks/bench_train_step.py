@@ -104,7 +104,14 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="use this peak (e.g. a GPU's data-sheet figure) instead of the "
                              "measured float32 matmul peak")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (albert-jax pretrain sets "
+                             "albert_jax.training.host_memory before JAX starts)")
     args = parser.parse_args()
+    if not args.default_malloc:  # what `albert-jax pretrain` does, before JAX starts
+        from albert_jax.training.host_memory import retain_freed_memory
+
+        retain_freed_memory()
 
     import optax
 

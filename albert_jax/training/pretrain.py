@@ -244,6 +244,9 @@ def pretrain(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
              progress: bool = True) -> TrainState:
     """ALBERT pretraining (MLM + SOP) as configured; resumes from ``workdir``'s checkpoints."""
     from albert_jax.tokenizer import AlbertTokenizer
+    from albert_jax.training.host_memory import retain_freed_memory
+
+    retain_freed_memory()  # before JAX's backend starts (see host_memory)
 
     rc.validate_config(config)
     if config.get("init"):
