@@ -12,9 +12,13 @@ PyTorch does about 4% more matmul work than the bound counts.
 Besides the whole step it times the parts: albert_jax's forward (the loss alone), gradient
 (value_and_grad) and optimizer update (clip + AdamW + apply, each its own jitted call), and
 PyTorch's forward, backward and optimizer (clip + step). Every time is the minimum over the
-repeats, as wall time and as this process's CPU time: on a machine shared with other jobs
-the wall time of a 2-core run measures the neighbours as much as the code, while CPU seconds
-(against the peak's CPU seconds of the same run) stay close to what an idle machine gives.
+repeats, which run all the calls (the matmul peak included) in turn, as wall time and as
+this process's CPU time: on a machine shared with other jobs the wall time of a 2-core run
+measures the neighbours as much as the code, while CPU seconds (against the peak's CPU
+seconds of the same run) stay closer to what an idle machine gives. Before JAX starts, the
+benchmark makes the host-memory setting of ``albert-jax pretrain``
+(:mod:`albert_jax.training.host_memory`; ``--default-malloc`` leaves it out); PyTorch runs
+in the same process, under the same setting.
 
     python benchmarks/bench_train_step.py [--batch 8] [--length 128] [--repeats 5]
     # GPU MFU of the base config (no PyTorch; peak from the data sheet, e.g. H100 SXM bf16):
@@ -28,7 +32,9 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import numpy as np
@@ -36,28 +42,33 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-def timed(fn, repeats: int) -> tuple[float, float]:
-    """``(wall, cpu)`` seconds of ``fn()``: the minimum of each over ``repeats`` calls after
-    one warm-up call (CPU: this process's user + system time, all threads)."""
-    fn()
-    wall, cpu = [], []
-    for _ in range(repeats):
-        w, c = time.perf_counter(), time.process_time()
+def interleaved(calls: dict[str, Callable[[], Any]], repeats: int
+                ) -> dict[str, tuple[float, float]]:
+    """``{name: (wall, cpu)}`` seconds of each call: the minimum of each over ``repeats``
+    rounds that run every call once in turn, after one warm-up round (CPU: this process's
+    user + system time, all threads). In turn, so that the anchors (the matmul peak,
+    PyTorch) and albert_jax see the same neighbours on a shared machine."""
+    for fn in calls.values():
         fn()
-        wall.append(time.perf_counter() - w)
-        cpu.append(time.process_time() - c)
-    return min(wall), min(cpu)
+    best = {name: (float("inf"), float("inf")) for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            w, c = time.perf_counter(), time.process_time()
+            fn()
+            w, c = time.perf_counter() - w, time.process_time() - c
+            best[name] = (min(best[name][0], w), min(best[name][1], c))
+    return best
 
 
-def matmul_peak(repeats: int, n: int = 2048) -> tuple[float, float]:
-    """FLOP per wall second and per CPU second of one large float32 XLA matmul."""
+def matmul_peak_call(n: int = 2048) -> tuple[Callable[[], Any], float]:
+    """A call of one large float32 XLA matmul (the best a dense kernel does here) and its
+    FLOPs."""
     import jax.numpy as jnp
 
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     f = jax.jit(lambda x, y: x @ y)
-    wall, cpu = timed(lambda: f(a, b).block_until_ready(), 2 * repeats)
-    return 2 * n**3 / wall, 2 * n**3 / cpu
+    return (lambda: f(a, b).block_until_ready()), 2.0 * n**3
 
 
 def train_flops(cfg, batch: int, length: int, predictions: int) -> float:
@@ -132,7 +143,7 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f}; albert-base-v2 shapes, {args.dtype}, "
           f"batch {args.batch} x {args.length}, {args.predictions} masked positions, "
           f"scan_layers={cfg.scan_layers} scan_unroll={cfg.scan_unroll}; min of "
-          f"{args.repeats} calls; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+          f"{args.repeats} interleaved rounds; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
 
     # ---------------------------------------------------------------- albert_jax
     mesh = shd.make_mesh(1, 1, 1, devices=jax.devices()[:1])
@@ -161,24 +172,22 @@ def main() -> None:
     grad = jax.jit(jax.value_and_grad(loss))
     upd = jax.jit(update)
 
-    peak_wall, peak_cpu = matmul_peak(args.repeats)
-    if args.peak_tflops:
-        peak_wall = peak_cpu = args.peak_tflops * 1e12
-    rows = {"albert_jax step": timed(jax_step, args.repeats)}
-    params = holder["state"].params  # no step runs after this: nothing donates it now
+    # The parts run on copies: the step donates (deletes) the state it is given.
+    params = jax.tree.map(lambda x: x.copy(), holder["state"].params)
+    opt_state = jax.tree.map(lambda x: x.copy(), holder["state"].opt_state)
     grads = jax.tree.map(lambda x: x * 1e-3, params)
-    parts = {
-        "  forward (loss)": timed(lambda: forward(params, batch).block_until_ready(),
-                                  args.repeats),
-        "  gradient (value_and_grad)": timed(
-            lambda: jax.block_until_ready(grad(params, batch)), args.repeats),
-        "  update (clip, AdamW, apply)": timed(
-            lambda: jax.block_until_ready(upd(params, holder["state"].opt_state, grads)),
-            args.repeats),
+    peak_call, peak_flops = matmul_peak_call()
+    calls = {
+        "peak": peak_call,
+        "albert_jax step": jax_step,
+        "  forward (loss)": lambda: forward(params, batch).block_until_ready(),
+        "  gradient (value_and_grad)": lambda: jax.block_until_ready(grad(params, batch)),
+        "  update (clip, AdamW, apply)": lambda: jax.block_until_ready(
+            upd(params, opt_state, grads)),
     }
+    jax_names = list(calls)[1:]
 
     # ---------------------------------------------------------------- PyTorch
-    torch_parts = {}
     if not args.skip_torch:
         import torch
         import transformers
@@ -217,16 +226,26 @@ def main() -> None:
             torch_backward()
             torch_update()
 
-        rows["transformers PyTorch step"] = timed(torch_step, args.repeats)
-        torch_parts["  forward"] = timed(torch_forward, args.repeats)
-
         def fwd_bwd():
             torch_forward()
             torch_backward()
 
-        torch_parts["  forward + backward"] = timed(fwd_bwd, args.repeats)
-        torch_parts["  update (clip, AdamW)"] = timed(torch_update, args.repeats)
+        # In this order: the update reuses the gradients the forward + backward left.
+        calls.update({
+            "transformers PyTorch step": torch_step,
+            "  forward": torch_forward,
+            "  forward + backward": fwd_bwd,
+            "  update (clip, AdamW)": torch_update,
+        })
 
+    times = interleaved(calls, args.repeats)
+    peak_wall, peak_cpu = (peak_flops / t for t in times["peak"])
+    if args.peak_tflops:
+        peak_wall = peak_cpu = args.peak_tflops * 1e12
+    rows = {k: times[k] for k in ("albert_jax step", "transformers PyTorch step") if k in times}
+    parts = {k: times[k] for k in jax_names[1:]}
+    torch_parts = {k: times[k] for k in ("  forward", "  forward + backward",
+                                         "  update (clip, AdamW)") if k in times}
     bound_wall, bound_cpu = flops / peak_wall, flops / peak_cpu
     source = "given" if args.peak_tflops else "XLA, 2048^3 f32"
     print(f"matmul peak ({source}): {peak_wall / 1e9:.0f} GFLOP per second, "
