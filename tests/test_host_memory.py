@@ -40,3 +40,12 @@ def test_retained_scratch_is_not_faulted_in_again():
     pages = 160 * 160 * 1280 * 4 // 4096
     assert default > pages // 2  # the default allocator faults the scratch in each call
     assert retained < pages // 100
+
+
+def test_does_nothing_once_jax_has_started():
+    import jax
+
+    from albert_jax.training.host_memory import retain_freed_memory
+
+    jax.devices()  # a started backend: the setting could only keep the peak heap now
+    assert retain_freed_memory() is False

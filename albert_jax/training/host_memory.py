@@ -28,10 +28,23 @@ _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
 
 
+def jax_backend_started() -> bool:
+    """Whether JAX has started a backend in this process (its threads exist)."""
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # a JAX without it: assume started
+        return True
+
+
 def retain_freed_memory() -> bool:
     """One malloc arena, heap (not ``mmap``) for large blocks, no trimming; ``True`` if
-    glibc took the settings. Call it before the first JAX computation."""
-    if not sys.platform.startswith("linux"):
+    glibc took the settings. Does nothing once JAX has started (too late to help, and it
+    would only keep the process's peak heap: e.g. a test process or a notebook)."""
+    if not sys.platform.startswith("linux") or jax_backend_started():
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
