@@ -143,6 +143,86 @@ def _dot_general(lhs: Array, rhs: Array, dimension_numbers: Any, precision: Any 
                                preferred_element_type=preferred_element_type, **kwargs)
 
 
+def _identity(x: Array) -> Array:
+    return x
+
+
+# The dense product and its gradient. XLA CPU runs dots on YNNPACK's GEMM only when the
+# left operand is row-major with its contracting axis last; the automatic weight gradient
+# ``x^T g`` contracts both operands over their leading (token) axis, so it fell back to
+# Eigen at about 60% of YNNPACK's rate (the largest non-matmul cost of the CPU training
+# step, issue 12). The gradient here transposes one operand first, behind an optimization
+# barrier so that XLA cannot fold the transpose back into the dot: ``x^T [K, T] @ g [T, N]``,
+# or for K > N (the FFN output) ``(g^T [N, T] @ x [T, K])^T``, which transposes the smaller
+# arrays. Same math; the sums run in another kernel's order.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _act_product(act: Callable[[Array], Array], x: Array, kernel: Array) -> Array:
+    """act(x) [..., K] @ kernel [K, N] -> [..., N] (:func:`_dot_general`'s rule).
+
+    The gradient keeps only ``x``, not ``act(x)`` nor the activation's intermediates (for
+    the FFN output: one [B, S, I] array per layer instead of six), and recomputes ``act``."""
+    return _dot_general(act(x), kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _act_product_fwd(act, x, kernel):
+    return _act_product(act, x, kernel), (x, kernel)
+
+
+def _act_product_bwd(act, res, g):
+    x, kernel = res
+    k, n = kernel.shape
+    y, act_vjp = jax.vjp(act, x)
+    dy = _dot_general(g, kernel, (((g.ndim - 1,), (1,)), ((), ())))
+    (dx,) = act_vjp(dy.astype(y.dtype))
+    if k > n:
+        g_t = jax.lax.optimization_barrier(g.reshape(-1, n).T)  # [N, T]
+        dk = _dot_general(g_t, y.reshape(-1, k), (((1,), (0,)), ((), ()))).T
+    else:
+        y_t = jax.lax.optimization_barrier(y.reshape(-1, k).T)  # [K, T]
+        dk = _dot_general(y_t, g.reshape(-1, n), (((1,), (0,)), ((), ())))
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+_act_product.defvjp(_act_product_fwd, _act_product_bwd)
+
+
+def _dense_dot_general(lhs: Array, rhs: Array, dimension_numbers: Any, precision: Any = None,
+                       preferred_element_type: Any = None, *,
+                       act: Callable[[Array], Array] = _identity, **kwargs: Any) -> Array:
+    """``nn.Dense``'s product: its plain [..., K] @ [K, N] case through
+    :func:`_act_product` (``act`` applied to the input first: ``nn.Dense(...,
+    dot_general=partial(_dense_dot_general, act=f))(x)`` is ``Dense(f(x))`` with the
+    same parameters); anything else goes to :func:`_dot_general`."""
+    (contract, batch) = dimension_numbers
+    plain = (tuple(contract[0]), tuple(contract[1]), tuple(batch[0]), tuple(batch[1])) == (
+        (lhs.ndim - 1,), (0,), (), ())
+    if (plain and rhs.ndim == 2 and precision is None and preferred_element_type is None
+            and not kwargs):
+        return _act_product(act, lhs, rhs)
+    return _dot_general(act(lhs), rhs, dimension_numbers, precision, preferred_element_type,
+                        **kwargs)
+
+
+@jax.custom_vjp
+def _softmax(x: Array) -> Array:
+    """``jax.nn.softmax`` over the last axis, whose gradient keeps only the output: the
+    automatic one kept the [B, heads, S, S] scores as well as the probabilities (and the
+    row max and sum), one more 6 MB array per layer of the base model at 8 x 128."""
+    return jax.nn.softmax(x, axis=-1)
+
+
+def _softmax_fwd(x: Array) -> tuple[Array, Array]:
+    y = _softmax(x)
+    return y, y
+
+
+def _softmax_bwd(y: Array, g: Array) -> tuple[Array]:
+    return (y * (g - jnp.sum(g * y, axis=-1, keepdims=True)),)
+
+
+_softmax.defvjp(_softmax_fwd, _softmax_bwd)
+
+
 def _einsum(spec: str, a: Array, b: Array, out_dtype: Any = None) -> Array:
     """``jnp.einsum`` with :func:`_dot_general`'s rule; ``out_dtype`` defaults to the
     inputs' (float32 keeps the accumulator's precision)."""
@@ -154,21 +234,26 @@ def _einsum(spec: str, a: Array, b: Array, out_dtype: Any = None) -> Array:
     return out if out_dtype is None else out.astype(out_dtype)
 
 
-def _dense(config: AlbertConfig, features: int, axes: tuple[str, str], name: str) -> nn.Dense:
-    """A Dense layer ([in, out] kernel, TF layout) with logical axis names."""
+def _dense(config: AlbertConfig, features: int, axes: tuple[str, str], name: str,
+           act: Callable[[Array], Array] | None = None) -> nn.Dense:
+    """A Dense layer ([in, out] kernel, TF layout) with logical axis names; with ``act`` it
+    computes ``Dense(act(x))`` (see :func:`_act_product`)."""
     return nn.Dense(
         features,
         dtype=config.dtype,
         param_dtype=config.param_dtype,
-        dot_general=_dot_general,
+        dot_general=(_dense_dot_general if act is None
+                     else functools.partial(_dense_dot_general, act=act)),
         kernel_init=nn.with_logical_partitioning(_init(config), axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
         name=name,
     )
 
 
-def _layer_norm(config: AlbertConfig, axis: str, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(
+def _layer_norm(config: AlbertConfig, axis: str, name: str) -> nn.Module:
+    # Rematerialised (same parameters, same names): the gradient recomputes the mean and
+    # variance from the input instead of keeping the centred and normalised copies.
+    return nn.remat(nn.LayerNorm)(
         epsilon=config.layer_norm_eps,
         dtype=config.dtype,
         param_dtype=config.param_dtype,
@@ -275,7 +360,7 @@ class AlbertAttention(nn.Module):
             return self._output(x, context, deterministic), None
         # Softmax in float32 whatever the compute dtype; padded keys get the dtype minimum.
         scores = _einsum("bqhd,bkhd->bhqk", query, key, jnp.float32) + mask_bias
-        probs = jax.nn.softmax(scores, axis=-1)
+        probs = _softmax(scores)
         probs = nn.Dropout(cfg.attention_probs_dropout_prob)(probs, deterministic=deterministic)
         context = _einsum("bhqk,bkhd->bqhd", probs.astype(value.dtype), value)
         return self._output(x, context, deterministic), probs
@@ -313,8 +398,12 @@ class AlbertLayer(nn.Module):
         attn_out, probs = AlbertAttention(cfg, self.output_attentions, name="attention")(
             x, mask_bias, deterministic)
         y = _dense(cfg, cfg.intermediate_size, ("embed", "mlp"), "ffn")(attn_out)
-        y = ACTIVATIONS[cfg.hidden_act](y)
-        y = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "ffn_output")(y)
+        # ffn_output(act(y)), the activation inside the product: the gradient keeps only the
+        # pre-activation and recomputes the rest (gelu_new's autodiff kept six [B, S, I]
+        # arrays per layer: 150 MB each over the 12 scanned layers of the base model at
+        # 8 x 128, 60% of the step's scratch memory, written and read back every step).
+        y = _dense(cfg, cfg.hidden_size, ("mlp", "embed"), "ffn_output",
+                   act=ACTIVATIONS[cfg.hidden_act])(y)
         # Google's TF code drops out the FFN output; PyTorch does not. Identical at
         # inference and whenever hidden_dropout_prob is 0 (all v2 models).
         y = nn.Dropout(cfg.hidden_dropout_prob)(y, deterministic=deterministic)
