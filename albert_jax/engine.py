@@ -140,6 +140,24 @@ class EngineOptions:
     plan_max_shapes: int = 4
 
 
+def _read_logits(kind: str, logits: jax.Array, target: jax.Array, top_k: int,
+                 candidates: jax.Array | None) -> Any:
+    """A one-position step's output from MLM logits [..., V] (float32 whatever the compute
+    dtype): ``"probs"`` [..., V]; ``"topk"`` (scores [..., k], ids [..., k]) over
+    ``candidates`` when given; ``"logprob"`` of ``target`` [...]: [...]."""
+    logits = logits.astype(jnp.float32)
+    if kind == "probs":
+        return jax.nn.softmax(logits, axis=-1)
+    if kind == "topk":
+        probs = jax.nn.softmax(logits, axis=-1)
+        if candidates is None:
+            return tuple(jax.lax.top_k(probs, top_k))
+        scores, index = jax.lax.top_k(probs[..., candidates], top_k)
+        return scores, candidates[index]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
+
+
 def _is_int(x: Any) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
@@ -221,17 +239,7 @@ class Engine:
                 if kind in ("probs", "logprob", "topk"):
                     logits = model.apply(params, ids, mask,
                                          masked_positions=position[:, None]).logits[:, 0, :]
-                    logits = logits.astype(jnp.float32)
-                    if kind == "probs":
-                        return jax.nn.softmax(logits, axis=-1)
-                    if kind == "topk":
-                        probs = jax.nn.softmax(logits, axis=-1)
-                        if candidates is None:
-                            return tuple(jax.lax.top_k(probs, top_k))
-                        scores, index = jax.lax.top_k(probs[:, candidates], top_k)
-                        return scores, candidates[index]
-                    logp = jax.nn.log_softmax(logits, axis=-1)
-                    return jnp.take_along_axis(logp, target[:, None], axis=1)[:, 0]
+                    return _read_logits(kind, logits, target, top_k, candidates)
                 out = model.apply(params, ids, mask)
                 if kind == "pooled":
                     return out.pooler_output.astype(jnp.float32)
@@ -373,17 +381,7 @@ class Engine:
                 with nn.logical_axis_rules(LOGICAL_AXIS_RULES):
                     logits = model.apply(params, ids, mask, position_ids=positions,
                                          masked_positions=masked).logits  # [R, slots, V]
-                logits = logits.astype(jnp.float32)
-                if kind == "probs":
-                    return jax.nn.softmax(logits, axis=-1)
-                if kind == "topk":
-                    probs = jax.nn.softmax(logits, axis=-1)
-                    if candidates is None:
-                        return tuple(jax.lax.top_k(probs, top_k))
-                    scores, index = jax.lax.top_k(probs[..., candidates], top_k)
-                    return scores, candidates[index]
-                logp = jax.nn.log_softmax(logits, axis=-1)
-                return jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
+                return _read_logits(kind, logits, target, top_k, candidates)
 
             rows2, rows3 = batch_sharding(self.mesh, 2), batch_sharding(self.mesh, 3)
             in_shardings: tuple = (self._param_shardings, rows2, rows3, rows2, rows2, rows2)
