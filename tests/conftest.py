@@ -7,8 +7,24 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
+import pytest
+
+# XLA's CPU backend without LLVM's optimisations: the suite compiles hundreds of small
+# programs and runs each a few times, so compiling is most of its time, and this halves that
+# time on a tiny model. The math is the same programs (HLO passes still run), rounded within
+# the float32 bounds the tests assert; runs that pin today's kernels bit for bit
+# (tests/test_pin.py) and the notebooks (real compute) use XLA's defaults.
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS for a test's child process: ``devices`` CPU devices, compiled fast."""
+    return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
+
+
 # Tests see 8 CPU devices (sharding tests); must be set before jax is imported.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 # transformers imports TensorFlow whenever it is installed (the `test` extra has it, for
 # tests/test_tf_checkpoint.py); the oracles here are PyTorch, and the TFDS tests check
 # that our input path never imports TensorFlow.
@@ -16,9 +32,6 @@ os.environ.setdefault("USE_TF", "0")
 os.environ.setdefault("USE_FLAX", "0")
 # Commands turn the persistent compilation cache on by default: tests keep theirs private.
 os.environ.setdefault("ALBERT_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="albert_jax_xla_"))
-
-import numpy as np
-import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPIECE = SHARED_DATA / "albert_spm" / "spiece.model"

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, require_spiece, save_hf_model
+from conftest import FAST_COMPILE, TINY, require_spiece, save_hf_model
 
 REPO = Path(__file__).resolve().parents[1]
 CARD = """# tiny-test
@@ -71,7 +71,7 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env.pop("XLA_FLAGS", None)  # One CPU device: the server's own defaults.
+    env["XLA_FLAGS"] = FAST_COMPILE  # One CPU device: the server's own defaults.
     env["JAX_PLATFORMS"] = "cpu"
     return env
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, TINY, require_spiece, save_hf_model
+from conftest import SHARED_DATA, TINY, require_spiece, save_hf_model, xla_flags
 
 from albert_jax import cli
 from albert_jax.training import finetune, tasks, trainer
@@ -233,7 +233,7 @@ def test_batches_resume_and_cover_each_epoch():
 
 
 def _env(tmp: Path) -> dict:
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1),
                PYTHONUNBUFFERED="1")
     env.pop("HF_HUB_OFFLINE", None)
     return env

@@ -30,7 +30,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -144,7 +146,17 @@ def _floats_close(got, want, path="") -> None:
 @pytest.mark.skipif(not (SST2.is_dir() and CORPUS.is_dir()),
                     reason="the shared SST-2 / Gutenberg data is absent")
 def test_restructured_trainer_reproduces_the_recording(tmp_path):
-    got = json.loads(json.dumps(run_pinned(tmp_path)))
+    # In a child process with XLA's default compilation (the recordings' settings), not the
+    # suite's fast-compile flags (conftest.FAST_COMPILE), which change the kernels' bits.
+    out = tmp_path / "pinned.json"
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+           "JAX_PLATFORMS": "cpu",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    run = subprocess.run([sys.executable, __file__, "--emit", str(out)], env=env, cwd=REPO,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(out.read_text())
+    got_fingerprint = got.pop("fingerprint")
     # dabdb70, before the restructure: the same run within float32 round-off, everywhere.
     recorded = json.loads(FIXTURE.read_text())
     for key in ("pretrain_metrics", "finetune_metrics", "finetune_result"):
@@ -154,14 +166,17 @@ def test_restructured_trainer_reproduces_the_recording(tmp_path):
     # Today's kernels: bit for bit where the machine matches (floats via their exact JSON
     # repr, arrays via SHA-256).
     kernels = json.loads(KERNELS.read_text())
-    if fingerprint() == kernels["fingerprint"]:
+    if got_fingerprint == kernels["fingerprint"]:
         assert got == {k: v for k, v in kernels.items() if k != "fingerprint"}
 
 
-if __name__ == "__main__" and {"--record", "--record-kernels"} & set(sys.argv):
+if __name__ == "__main__" and {"--record", "--record-kernels", "--emit"} & set(sys.argv):
     import tempfile
 
-    target = KERNELS if "--record-kernels" in sys.argv else FIXTURE
+    if "--emit" in sys.argv:  # the test's child: the run, as JSON, where the test says
+        target = Path(sys.argv[sys.argv.index("--emit") + 1])
+    else:
+        target = KERNELS if "--record-kernels" in sys.argv else FIXTURE
     with tempfile.TemporaryDirectory() as d:
         values = {"fingerprint": fingerprint(), **run_pinned(Path(d))}
     target.write_text(json.dumps(values, indent=1) + "\n")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, require_spiece, save_hf_model
+from conftest import TINY, require_spiece, save_hf_model, xla_flags
 
 from albert_jax import multihost
 
@@ -31,7 +31,7 @@ def test_share_covers_every_item_once():
 
 def _score(args: list[str], env: dict, devices: int) -> subprocess.Popen:
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **env}
+           "XLA_FLAGS": xla_flags(devices), **env}
     return subprocess.Popen([sys.executable, "-m", "albert_jax.cli", "score", "--quiet",
                              *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
@@ -212,7 +212,7 @@ def test_engine_streams_over_a_mesh_of_both_processes(tmp_path):
 
     def start(out: str, devices: int, env: dict) -> subprocess.Popen:
         env = {**os.environ, "JAX_PLATFORMS": "cpu",
-               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", **env}
+               "XLA_FLAGS": xla_flags(devices), **env}
         return subprocess.Popen([sys.executable, str(script), str(tmp_path / out)], cwd=REPO,
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)

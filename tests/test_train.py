@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import xla_flags
 from jax.sharding import PartitionSpec
 
 from albert_jax import cli
@@ -227,7 +228,7 @@ def _worker(tmp_path, distributed: bool, devices: int, env_extra: dict) -> subpr
     import os
 
     script = _WORKER.format(tests=str(Path(__file__).parent), distributed=distributed)
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+    env = {**os.environ, "XLA_FLAGS": xla_flags(devices),
            "JAX_PLATFORMS": "cpu", **env_extra}
     return subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
