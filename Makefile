@@ -25,10 +25,13 @@ install-test: $(BIN)/.installed-test
 system-deps:
 	tools/system-deps.sh
 
-# The test command CI runs (.ci/run): lint, then the suite (slow tests deselected).
+# The test command CI runs (.ci/run): lint, then the suite (slow tests deselected), on
+# TEST_WORKERS processes (pytest-xdist), each test file whole on one of them (its
+# module-scoped fixtures are built once).
+TEST_WORKERS ?= 2
 test: install-test system-deps
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -89,7 +89,7 @@ if SMOKE:  # two short books to train on, Macbeth held out, and a short run
     corpus.mkdir()
     for name in ("blake-poems.txt", "shakespeare-caesar.txt", "shakespeare-macbeth.txt"):
         shutil.copy(BOOKS / name, corpus / name)
-    STEPS, LOG_EVERY, EVAL_EVERY, STOP_AFTER = 40, 2, 20, 14
+    STEPS, LOG_EVERY, EVAL_EVERY, STOP_AFTER = 24, 2, 12, 8
 else:  # the tiny config as it is: every book, 300 steps
     corpus = BOOKS
     STEPS, LOG_EVERY, EVAL_EVERY, STOP_AFTER = 300, 10, 50, 100
