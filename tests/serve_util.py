@@ -71,7 +71,7 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["XLA_FLAGS"] = FAST_COMPILE  # One CPU device: the server's own defaults.
+    env["XLA_FLAGS"] = FAST_COMPILE  # One CPU device (the server's default), compiled fast.
     env["JAX_PLATFORMS"] = "cpu"
     return env
 

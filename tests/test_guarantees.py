@@ -1,7 +1,8 @@
 """What every command promises on bad input: a catalogue of hostile cases, run for real.
 
 Each :class:`Case` builds a bad (or, as a control, a good) input under ``tmp_path``, runs the
-real ``albert-jax`` command line in a subprocess and checks the guarantees:
+real ``albert-jax`` command line in a process of its own (forked from an interpreter that has
+imported JAX and torch: tests/forkrun.py) and checks the guarantees:
 
 - the exit status;
 - stderr is exactly one line, holding the expected message and no traceback (or, for a
@@ -14,7 +15,7 @@ To add a case, append a ``Case(name, setup, exit_code, message)`` to ``CASES``: 
 gets a :class:`Bench` (``bench.tmp`` is the case's ``tmp_path``, ``bench.model(fmt)`` a fresh
 copy of one tiny model) and returns the arguments after ``albert-jax``; ``outputs`` lists the
 paths (relative to ``tmp_path``) the command may write, ``stdin`` feeds it. Most loading
-errors happen before JAX compiles anything, so a case costs about one interpreter start.
+errors happen before JAX compiles anything, so a case costs little more than a fork.
 
 The property tests at the end feed random Unicode and random bytes to the tokenizer (which
 must never raise on a string) and to fill-mask's input path (which raises only its
@@ -578,7 +579,7 @@ class Run:
 @pytest.fixture(scope="module")
 def catalogue_runs(request, tiny_models, tmp_path_factory) -> dict[str, Run]:
     """Runs the selected cases, each in its own directory and process: a few at a time, each
-    forked from one interpreter that has imported JAX (tests/forkrun.py), since most cases
+    forked from one interpreter that has imported JAX and torch (tests/forkrun.py): most cases
     would otherwise be an interpreter start waiting on imports."""
     selected = [item.callspec.params["case"] for item in request.session.items
                 if getattr(item, "originalname", None) == "test_catalogue"]
