@@ -132,7 +132,7 @@ class ForkRunner:
             message = json.loads(line)
             with self._lock:
                 if "pid" in message:
-                    self._pids[message["id"]].set_result(message["pid"])
+                    self._pids.pop(message["id"]).set_result(message["pid"])
                 else:
                     self._pending.pop(message["id"]).set_result(message["returncode"])
 
