@@ -18,9 +18,11 @@ import pytest
 FAST_COMPILE = "--xla_backend_optimization_level=0"
 
 
-def xla_flags(devices: int) -> str:
-    """XLA_FLAGS for a test's child process: ``devices`` CPU devices, compiled fast."""
-    return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
+def xla_flags(devices: int, fast: bool = True) -> str:
+    """XLA_FLAGS for a test's child process: ``devices`` CPU devices, compiled fast unless
+    ``fast`` is False (XLA's default compilation)."""
+    flags = f"--xla_force_host_platform_device_count={devices}"
+    return f"{flags} {FAST_COMPILE}" if fast else flags
 
 
 # Tests see 8 CPU devices (sharding tests); must be set before jax is imported.
@@ -31,7 +33,9 @@ os.environ.setdefault("XLA_FLAGS", xla_flags(8))
 os.environ.setdefault("USE_TF", "0")
 os.environ.setdefault("USE_FLAX", "0")
 # Commands turn the persistent compilation cache on by default: tests keep theirs private.
-os.environ.setdefault("ALBERT_JAX_CACHE_DIR", tempfile.mkdtemp(prefix="albert_jax_xla_"))
+# (Only when unset: child processes that import this module inherit the session's.)
+if "ALBERT_JAX_CACHE_DIR" not in os.environ:
+    os.environ["ALBERT_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="albert_jax_xla_")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPIECE = SHARED_DATA / "albert_spm" / "spiece.model"

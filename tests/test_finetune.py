@@ -233,8 +233,7 @@ def test_batches_resume_and_cover_each_epoch():
 
 
 def _env(tmp: Path) -> dict:
-    env = dict(os.environ, XLA_FLAGS=xla_flags(1),
-               PYTHONUNBUFFERED="1")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), PYTHONUNBUFFERED="1")
     env.pop("HF_HUB_OFFLINE", None)
     return env
 
