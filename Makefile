@@ -27,11 +27,12 @@ system-deps:
 
 # The test command CI runs (.ci/run): lint, then the suite (slow tests deselected), on
 # TEST_WORKERS processes (pytest-xdist), each test file whole on one of them (its
-# module-scoped fixtures are built once).
+# module-scoped fixtures are built once), handed out in collection order: the longest
+# files first (tests/conftest.py, LONGEST_FIRST).
 TEST_WORKERS ?= 2
 test: install-test system-deps
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -1000,6 +1000,7 @@ def _run_training(args: argparse.Namespace, run: Callable[[Any, str], Any],
             *(["--distributed"] if args.distributed else []), *args.overrides]
     config, workdir = parse_config_args(argv, example=example)
     check_workdir(workdir)  # before any work: a file, or a read-only place, is one line
+    _compile_cache(args)  # a rerun (a resume) loads its compiled steps instead
     if config.get("distributed", False):
         from albert_jax.training.trainer import initialize_distributed
 
@@ -1034,6 +1035,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from albert_jax.training.finetune import evaluate
 
+    _compile_cache(args)
     print(json.dumps(evaluate(args.workdir, args.model, args.split, args.input,
                               args.batch_size)))
     return 0
@@ -1043,6 +1045,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from albert_jax.training.finetune import predict
 
     check_output_file(args.output)
+    _compile_cache(args)
     n = predict(args.output, args.workdir, args.model, args.split, args.input, args.batch_size)
     print(f"wrote {n} predictions to {args.output}", file=sys.stderr)
     return 0
@@ -1164,6 +1167,7 @@ def _add_training_command(sub: Any, name: str, summary: str, description: str,
                         "rerunning resumes from it")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (multi-host)")
+    compile_cache.add_arguments(p)
     p.set_defaults(func=func, parser=p, takes_overrides=True)
 
 
@@ -1197,6 +1201,7 @@ def _add_eval_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: the dev split for evaluate, test for predict)")
     p.add_argument("--input", default=None, help="a file in the task's format instead")
     p.add_argument("--batch-size", type=_at_least(1, "--batch-size"), default=None)
+    compile_cache.add_arguments(p)
 
 
 def add_evaluate_command(sub: Any) -> None:

@@ -17,12 +17,20 @@ MINI = str(Path(compile_cache.__file__).parent / "models" / "albert-mini")
 TEXT = "where is my [MASK]?"
 
 
-def fill_mask(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    """The real command in a fresh process (a cache is about later processes)."""
-    return subprocess.run(
-        [sys.executable, "-m", "albert_jax.cli", "fill-mask", "--model", MINI, *args, TEXT],
-        capture_output=True, text=True, timeout=300, env={**os.environ, **(env or {})},
-    )
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def fill_mask(forked_cli):
+    """The real command, each run in a fresh process (a cache is about later processes),
+    forked from an interpreter that has imported JAX (tests/forkrun.py)."""
+    def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        done = forked_cli.run(["fill-mask", "--model", MINI, *args, TEXT], cwd=ROOT,
+                              env={**os.environ, **(env or {})})
+        return subprocess.CompletedProcess(done.args, done.returncode,
+                                           done.stdout.decode(), done.stderr.decode())
+
+    return run
 
 
 def step_entries(directory: Path) -> list[Path]:
@@ -37,7 +45,7 @@ def intact(path: Path) -> bool:
     return True
 
 
-def test_damaged_entries_are_ignored_and_replaced(tmp_path):
+def test_damaged_entries_are_ignored_and_replaced(tmp_path, fill_mask):
     cache = tmp_path / "xla"
     first = fill_mask("--cache-dir", str(cache))
     assert first.returncode == 0, first.stderr
@@ -70,7 +78,7 @@ def test_damaged_entries_are_ignored_and_replaced(tmp_path):
         assert quiet.stdout == first.stdout
 
 
-def test_default_directory_env_and_switch_off(tmp_path):
+def test_default_directory_env_and_switch_off(tmp_path, fill_mask):
     env_dir = tmp_path / "from_env"
     run = fill_mask(env={compile_cache.ENV_VAR: str(env_dir)})
     assert run.returncode == 0, run.stderr
@@ -81,7 +89,7 @@ def test_default_directory_env_and_switch_off(tmp_path):
     assert not off_dir.exists()
 
 
-def test_cache_dir_that_is_a_file_is_one_line(tmp_path):
+def test_cache_dir_that_is_a_file_is_one_line(tmp_path, fill_mask):
     bad = tmp_path / "a_file"
     bad.write_text("not a directory")
     run = fill_mask("--cache-dir", str(bad))

@@ -359,6 +359,12 @@ CLI_CASES = [
     Case("serve: --cache-dir is a file",
          lambda b: ["serve", "--model", str(b.model()), "--cache-dir", str(a_file(b))], 2,
          "afile is a file, not a directory", quick=True),
+    Case("pretrain: --cache-dir is a file (no workdir is created)",
+         lambda b: training("pretrain", b.tmp / "run", "--cache-dir", str(a_file(b))), 2,
+         "afile is a file, not a directory", quick=True),
+    Case("finetune: --cache-dir is a file (no workdir is created)",
+         lambda b: training("finetune", b.tmp / "run", "--cache-dir", str(a_file(b))), 2,
+         "afile is a file, not a directory", quick=True),
     # Messages: no echo of a 25 KB input, no literal \n, the full key of an override.
     Case("fill-mask: a 25 KB input is not echoed whole", lambda b: fill_mask_on(b.model(), LONG),
          2, "'... (25000 characters) has no [MASK] tokens"),

@@ -195,6 +195,30 @@ def test_tiny_config_full_run(tmp_path):
     assert records[-1]["loss"] < records[0]["loss"] - 3.5
 
 
+def test_metrics_log_writes_tensorboard_events_without_importing_torch(tmp_path):
+    """tensorboardX would import torch (seconds) in every training process: MetricsLog does
+    not, and torch stays importable afterwards. In a fresh interpreter (this one has torch)."""
+    pytest.importorskip("torch")
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from albert_jax.training import trainer\n"
+        "log = trainer.MetricsLog(Path(sys.argv[1]), resume_step=0)\n"
+        "log.write(1, {'loss': 2.5})\n"
+        "log.close()\n"
+        "print('torch' in sys.modules)\n"
+        "import torch\n"
+        "print(float(torch.ones(3).sum()))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["False", "3.0"]
+    assert trainer.read_metrics(tmp_path) == [{"step": 1, "loss": 2.5}]
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and b"loss" in events[0].read_bytes()
+
+
 # ----------------------------------------------------------------------------- multi-process
 _WORKER = """
 import json, sys

@@ -293,6 +293,30 @@ def make_eval_step(
 
 
 # ============================================================================ logging
+def _summary_writer_class() -> type:
+    """tensorboardX's ``SummaryWriter``, imported without importing torch.
+
+    tensorboardX imports torch when it is installed (1.7 s on a CPU, in every training
+    process), only to accept torch tensors as values; we log Python floats. While it is
+    imported, ``sys.modules["torch"] = None`` makes its ``import torch`` fail (it falls
+    back to numpy); the global import lock keeps another thread from seeing that. A torch
+    that is already imported is left alone.
+    """
+    import _imp
+
+    _imp.acquire_lock()
+    hidden = "torch" not in sys.modules
+    try:
+        if hidden:
+            sys.modules["torch"] = None  # type: ignore[assignment]
+        from tensorboardX import SummaryWriter
+    finally:
+        if hidden and sys.modules.get("torch", False) is None:
+            del sys.modules["torch"]
+        _imp.release_lock()
+    return SummaryWriter
+
+
 class MetricsLog:
     """``metrics.jsonl`` (append-only, truncated to the restored step on resume),
     TensorBoard events and nothing on processes other than 0."""
@@ -307,9 +331,7 @@ class MetricsLog:
         truncate_metrics(self.path, resume_step)
         self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115
         try:
-            from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(str(workdir / "tensorboard"))
+            self._tb = _summary_writer_class()(str(workdir / "tensorboard"))
         except ImportError:  # pragma: no cover
             self._tb = None
 
