@@ -114,10 +114,7 @@ def forked_cli():
     """A :class:`forkrun.ForkRunner` with this session's environment (one per xdist worker):
     ``forked_cli.run(argv, env=..., cwd=...)`` runs ``python -m albert_jax.cli *argv`` in a
     fresh process without paying for importing JAX, Flax and torch again."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from forkrun import ForkRunner
+    from forkrun import ForkRunner  # tests/ is on sys.path (pytest's rootdir conftest)
 
     runner = ForkRunner()
     yield runner
