@@ -112,8 +112,8 @@ def test_kill_and_resume_is_exact(tmp_path):
                     "learning_rate", "grad_norm"):
             assert r[key] == ref[r["step"]][key], (r["step"], key)  # bit-identical
     assert len(_finalized_steps(run)) <= 3  # keep_checkpoints
-    # The command cached its compiled train step (the resumed runs above loaded it: their
-    # metrics are the uninterrupted run's, bit for bit).
+    # pretrain turned the cache on and wrote its compiled train step there, for the runs
+    # after the first ones to load (whose metrics are, above, the uninterrupted run's).
     assert list((tmp_path / "xla").glob("jit_step-*-cache"))
 
 
