@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,19 @@ os.environ.setdefault("USE_FLAX", "0")
 if "ALBERT_JAX_CACHE_DIR" not in os.environ:
     os.environ["ALBERT_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="albert_jax_xla_")
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
 SPIECE = SHARED_DATA / "albert_spm" / "spiece.model"
+
+
+def child_env(base: Mapping[str, str] | None = None, **changes: str) -> dict[str, str]:
+    """The environment of a test's child Python process: ``base`` (default: this process's
+    environment) with the repository first on ``PYTHONPATH`` (so the checkout is imported,
+    installed or not), then ``changes``."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env.update(changes)
+    return env
 
 
 def require_spiece() -> Path:

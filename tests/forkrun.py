@@ -26,6 +26,8 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from pathlib import Path
 
+from conftest import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 # Third-party libraries only: their import is what a start spends its time on.
 PRELOAD = ("numpy", "jax", "jax.numpy", "flax.linen", "optax", "safetensors.numpy",
@@ -112,9 +114,7 @@ class ForkRunner:
     """A server interpreter with :data:`PRELOAD` imported; :meth:`run` is thread-safe."""
 
     def __init__(self, env: Mapping[str, str] | None = None):
-        self._env = dict(os.environ if env is None else env)
-        self._env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(ROOT), self._env.get("PYTHONPATH")) if p)
+        self._env = child_env(env)
         self._proc = subprocess.Popen(
             [sys.executable, "-c", _SERVER, json.dumps(PRELOAD)], stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, env=self._env, cwd=ROOT)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FAST_COMPILE, TINY, require_spiece, save_hf_model
+from conftest import FAST_COMPILE, TINY, child_env, require_spiece, save_hf_model
 
 REPO = Path(__file__).resolve().parents[1]
 CARD = """# tiny-test
@@ -69,11 +69,8 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    env["XLA_FLAGS"] = FAST_COMPILE  # One CPU device (the server's default), compiled fast.
-    env["JAX_PLATFORMS"] = "cpu"
-    return env
+    # One CPU device (the server's default), compiled fast.
+    return child_env(XLA_FLAGS=FAST_COMPILE, JAX_PLATFORMS="cpu")
 
 
 class Server:

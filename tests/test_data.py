@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import child_env
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -70,10 +70,8 @@ def test_corpus_preparation_never_imports_tensorflow(tmp_path):
         "assert len(b.as_data_source()['train']) > 0\n"
         "print('tensorflow' in sys.modules)\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env=env, timeout=300)
+                         env=child_env(), timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False"
 

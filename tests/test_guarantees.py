@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import child_env
 from forkrun import ForkRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -555,11 +556,7 @@ def snapshot(root: Path) -> dict[str, tuple]:
 
 def cli_env(tmp: Path | None) -> dict[str, str]:
     """A command's environment: offline, CPU, its Hugging Face home under ``tmp``."""
-    env = dict(os.environ)
-    env.update(
-        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]),
-        HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", PYTHONDONTWRITEBYTECODE="1",
-    )
+    env = child_env(HF_HUB_OFFLINE="1", JAX_PLATFORMS="cpu", PYTHONDONTWRITEBYTECODE="1")
     if tmp is not None:
         env["HF_HOME"] = str(tmp / "hf-home")
     return env

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import child_env
+
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "albert_jax"
 
@@ -152,8 +154,7 @@ print(json.dumps(failures))
 def test_every_module_imports_alone_in_a_fresh_interpreter():
     import json
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get(
-        "PYTHONPATH", "")]), JAX_PLATFORMS="cpu")
+    env = child_env(JAX_PLATFORMS="cpu")
     names = list(_modules())
     proc = subprocess.run([sys.executable, "-c", _IMPORT_EACH, json.dumps(names)], env=env,
                           capture_output=True, text=True, timeout=600)
@@ -177,8 +178,7 @@ for path in sorted(Path(sys.argv[1]).rglob("*.py")):
 heavy = sorted(m for m in ("jax", "flax", "optax", "tensorflow_datasets") if m in sys.modules)
 print(json.dumps({"heavy": heavy, "paths": out}))
 """
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get(
-        "PYTHONPATH", "")]))
+    env = child_env()
     proc = subprocess.run([sys.executable, "-c", script, str(REPO / "configs")], env=env,
                           capture_output=True, text=True, timeout=120, cwd="/")
     assert proc.returncode == 0, proc.stderr

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import time
 from pathlib import Path
 
 import pytest
+from conftest import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -89,14 +89,12 @@ def _execute(name: str, tmp_path: Path) -> tuple[dict, Path, float]:
     if name in NEEDS_DATA and not SHARED_DATA.is_dir():
         pytest.skip(f"the shared data directory is absent ({SHARED_DATA})")
     figures = tmp_path / "figures"
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # conftest's 8 devices are for the sharding tests only
-    env.update(
+    env = child_env(
         ALBERT_JAX_SMOKE="1", ALBERT_JAX_FIGURES=str(figures),
         ALBERT_JAX_WORKDIR=str(tmp_path / "work"), ALBERT_JAX_DATA=str(SHARED_DATA),
         HF_HUB_OFFLINE="1", MPLBACKEND="Agg",
-        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
     )
+    env.pop("XLA_FLAGS", None)  # conftest's 8 devices are for the sharding tests only
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(NOTEBOOKS)}})

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import xla_flags
+from conftest import child_env, xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "pin.json"
@@ -150,9 +149,7 @@ def test_restructured_trainer_reproduces_the_recording(tmp_path):
     # In a child process with XLA's default compilation (the recordings' settings), not the
     # suite's fast-compile flags (conftest.FAST_COMPILE), which change the kernels' bits.
     out = tmp_path / "pinned.json"
-    env = {**os.environ, "XLA_FLAGS": xla_flags(8, fast=False),
-           "JAX_PLATFORMS": "cpu",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    env = child_env(XLA_FLAGS=xla_flags(8, fast=False), JAX_PLATFORMS="cpu")
     run = subprocess.run([sys.executable, __file__, "--emit", str(out)], env=env, cwd=REPO,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]

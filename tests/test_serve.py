@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import pytest
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
+from conftest import child_env  # noqa: E402
 from serve_util import REPO, Server, cli, free_port, jax_cache_dir, tiny_model  # noqa: E402
 
 from albert_jax.inference import FillMask  # noqa: E402
@@ -271,7 +271,7 @@ def test_keys_cli(env, tmp_path):
     db = f"sqlite:///{tmp_path / 'keys.db'}"
     out = subprocess.run([sys.executable, "-m", "albert_jax.cli", "keys", "create", "--db", db,
                           "--name", "k1", "--rate-limit", "10"], capture_output=True,
-                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+                         text=True, timeout=120, env=child_env())
     assert out.returncode == 0, out.stderr
     key = out.stdout
     assert key.endswith("\n") and key.count("\n") == 1 and key.startswith("ajk_")
@@ -530,7 +530,7 @@ sys.exit(cli.main(sys.argv[1:]))
             "--max-length", "32"]
     proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True,
                           text=True, timeout=120, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+                          env=child_env())
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "ERROR albert_jax.serving.server: compiling model tiny failed: boom while " \
         "compiling" in proc.stderr
