@@ -10,6 +10,7 @@ import zlib
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from albert_jax import compile_cache
 
@@ -17,15 +18,12 @@ MINI = str(Path(compile_cache.__file__).parent / "models" / "albert-mini")
 TEXT = "where is my [MASK]?"
 
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 @pytest.fixture
 def fill_mask(forked_cli):
     """The real command, each run in a fresh process (a cache is about later processes),
     forked from an interpreter that has imported JAX (tests/forkrun.py)."""
     def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-        done = forked_cli.run(["fill-mask", "--model", MINI, *args, TEXT], cwd=ROOT,
+        done = forked_cli.run(["fill-mask", "--model", MINI, *args, TEXT], cwd=REPO,
                               env={**os.environ, **(env or {})})
         return subprocess.CompletedProcess(done.args, done.returncode,
                                            done.stdout.decode(), done.stderr.decode())
