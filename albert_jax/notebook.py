@@ -93,6 +93,12 @@ def cache_dir() -> Path:
     return path
 
 
+def tfds_dir() -> Path:
+    """Where tensorflow-datasets data is prepared: ``$TFDS_DATA_DIR`` when set (TFDS' own
+    setting), else ``~/.cache/albert_jax/tfds``."""
+    return Path(os.environ.get("TFDS_DATA_DIR") or cache_dir() / "tfds").expanduser()
+
+
 def sst2_dir() -> Path | None:
     """The folder with SST-2's ``train.tsv`` / ``dev.tsv`` when it is local, else None
     (then fine-tuning reads TFDS ``glue/sst2``: ``--config.data.manual_dir=``)."""

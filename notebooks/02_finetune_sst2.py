@@ -94,9 +94,9 @@ SST2_DIR = notebook.sst2_dir()  # None: TFDS glue/sst2
 print("SST-2 from", SST2_DIR or "TFDS (glue/sst2)")
 WORKDIR = notebook.workdir("sst2")
 if SMOKE:
-    # 60 steps of 32 x 32 tokens at a constant 4e-4: albert-mini starts to separate the
+    # 60 steps of 32 x 24 tokens at a constant 4e-4: albert-mini starts to separate the
     # classes after about 30 steps (the full dev set is still scored: 872 sentences).
-    overrides = dict(max_seq_length=32, num_train_steps=60, global_batch_size=32,
+    overrides = dict(max_seq_length=24, num_train_steps=60, global_batch_size=32,
                      eval_batch_size=128, log_every=5, eval_every=30, checkpoint_every=60)
     overrides.update({"optimizer.learning_rate": 4e-4, "optimizer.end_learning_rate": 4e-4,
                       "optimizer.warmup_steps": 6, "model.classifier_dropout_prob": 0.0,
@@ -108,8 +108,9 @@ else:  # the published albert-base-v2 recipe, as configs/finetune/sst2.py holds 
     overrides = dict(log_every=100, eval_every=1000)
 overrides["init"] = MODEL
 overrides["data.manual_dir"] = str(SST2_DIR or "")
-# GLUE is prepared once (tensorflow-datasets files) in a cache that later runs reuse.
-overrides["data.tfds_data_dir"] = str(notebook.cache_dir() / "tfds")
+# GLUE is prepared once (tensorflow-datasets files) in a cache that later runs reuse
+# (`$TFDS_DATA_DIR`, else `~/.cache/albert_jax/tfds`).
+overrides["data.tfds_data_dir"] = str(notebook.tfds_dir())
 command = ["finetune", "--config", str(notebook.configs_dir() / "finetune" / "sst2.py"),
            "--workdir", str(WORKDIR)] + [f"--config.{k}={v}" for k, v in overrides.items()]
 print("albert-jax " + " ".join(command))

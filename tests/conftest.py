@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from albert_jax.training import host_memory
+
 # XLA's CPU backend without LLVM's optimisations: the suite compiles hundreds of small
 # programs and runs each a few times, so compiling is most of its time (this cut the model
 # and engine tests from 243 s to 167 s). The math is the same programs (HLO passes still
@@ -37,6 +39,13 @@ os.environ.setdefault("USE_FLAX", "0")
 # (Only when unset: child processes that import this module inherit the session's.)
 if "ALBERT_JAX_CACHE_DIR" not in os.environ:
     os.environ["ALBERT_JAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="albert_jax_xla_")
+
+# The suite's processes keep freed memory for reuse (albert_jax.training.host_memory, which
+# the training commands set for themselves) instead of faulting XLA's large buffers in again
+# on every execution: 3% of the suite's CPU time, most of it the kernel's. This process by
+# mallopt (before JAX starts), its children by glibc's tunables (read when they start).
+os.environ.setdefault("GLIBC_TUNABLES", host_memory.GLIBC_TUNABLES)
+host_memory.retain_freed_memory()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -119,6 +128,20 @@ def model_atol(reference, **hf_config) -> float:
     ffn = hf_config.get("intermediate_size", 3072)
     applications = hf_config.get("num_hidden_layers", 12) * hf_config.get("inner_group_num", 1)
     return f32_atol(reference, max(hidden, ffn), applications + _STEPS_OUTSIDE_LAYERS)
+
+
+@pytest.fixture(scope="session")
+def shared_tfds_dir(tmp_path_factory) -> Path:
+    """One TFDS data directory for the whole run, every xdist worker's tests included: the
+    local SST-2 (70,000 examples, 8 CPU-seconds to prepare) is prepared once, by the first
+    run that needs it; LocalGlue's preparation lock makes a concurrent one wait, then read it.
+    (tests/test_finetune_data.py prepares its own: it tests the preparation.)"""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's directory, above each worker's own
+    path = base / "shared_tfds"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")

@@ -84,10 +84,15 @@ def test_kill_and_resume_is_exact(tmp_path):
     config, _ = cli.parse_config_args(
         ["--config", str(TINY), "--workdir", str(tmp_path), *_overrides(tfds_dir)])
     pretrain.prepare_corpus(config, tmp_path)
-    # The uninterrupted run, concurrently with the first interrupted one (2 cores).
+    # The uninterrupted run, concurrently with the first interrupted one. That one starts
+    # when the reference has compiled its train step, and loads it from the shared cache.
     ref_dir = tmp_path / "ref"
     reference = subprocess.Popen(_command(ref_dir, tfds_dir), cwd=REPO, env=_env(tmp_path),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while (not list((tmp_path / "xla").glob("jit_step-*-cache")) and reference.poll() is None
+           and time.time() < deadline):
+        time.sleep(0.05)
     run = tmp_path / "run"
     assert _start_and_stop(run, tfds_dir, signal.SIGKILL, after_step=4) == -signal.SIGKILL
     _, err = reference.communicate(timeout=300)

@@ -37,9 +37,9 @@ def tiny_init(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tfds_dir(tmp_path_factory) -> Path:
-    """One TFDS data dir per module: SST-2 is prepared once."""
-    return tmp_path_factory.mktemp("tfds")
+def tfds_dir(shared_tfds_dir) -> Path:
+    """The run's TFDS data dir (conftest): SST-2 is prepared once."""
+    return shared_tfds_dir
 
 
 def load_config(task: str, workdir: Path, *overrides: str):

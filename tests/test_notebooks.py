@@ -80,8 +80,9 @@ def test_colab_repository_is_one_value():
 
 
 # ---------------------------------------------------------------------------- execution
-def _execute(name: str, tmp_path: Path) -> tuple[dict, Path, float]:
-    """Runs notebooks/<name>.ipynb in smoke mode; returns (key numbers, figures dir, s)."""
+def _execute(name: str, tmp_path: Path, **env: str) -> tuple[dict, Path, float]:
+    """Runs notebooks/<name>.ipynb in smoke mode, ``env`` added to the kernel's environment;
+    returns (key numbers, figures dir, seconds)."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("matplotlib")
@@ -92,7 +93,7 @@ def _execute(name: str, tmp_path: Path) -> tuple[dict, Path, float]:
     env = child_env(
         ALBERT_JAX_SMOKE="1", ALBERT_JAX_FIGURES=str(figures),
         ALBERT_JAX_WORKDIR=str(tmp_path / "work"), ALBERT_JAX_DATA=str(SHARED_DATA),
-        HF_HUB_OFFLINE="1", MPLBACKEND="Agg",
+        HF_HUB_OFFLINE="1", MPLBACKEND="Agg", **env,
     )
     env.pop("XLA_FLAGS", None)  # conftest's 8 devices are for the sharding tests only
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
@@ -129,8 +130,10 @@ def test_01_fill_mask_and_scores(tmp_path):
     assert 0 < numbers["pca_explained"] < 1
 
 
-def test_02_finetune_sst2(tmp_path):
-    numbers, figures, _ = _execute("02_finetune_sst2", tmp_path)
+def test_02_finetune_sst2(tmp_path, shared_tfds_dir):
+    # SST-2 prepared in the run's TFDS directory (not in ~/.cache), once for the run.
+    numbers, figures, _ = _execute("02_finetune_sst2", tmp_path,
+                                   TFDS_DATA_DIR=str(shared_tfds_dir))
     _assert_pngs(figures, ["02_training_curves", "02_confusion_matrix"])
     assert numbers["model"] == "albert-mini"
     assert numbers["num_eval"] == 872  # the whole SST-2 dev set
@@ -216,3 +219,13 @@ def test_figures_record_and_workdir(monkeypatch, tmp_path):
     assert notebook.local_data_dir() == (tmp_path / "data").resolve()
     assert notebook.sst2_dir() is None  # no SST-2 there: the notebooks use TFDS
     assert notebook.spiece_model().is_file()
+
+
+def test_tfds_dir_is_tfds_own_setting_else_the_cache(monkeypatch, tmp_path):
+    from albert_jax import notebook
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+    assert notebook.tfds_dir() == tmp_path / "cache" / "albert_jax" / "tfds"
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    assert notebook.tfds_dir() == tmp_path / "tfds"

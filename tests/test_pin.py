@@ -97,7 +97,8 @@ def _config(path: Path, workdir: Path, overrides: dict):
                               *(f"--config.{k}={v}" for k, v in overrides.items())])[0]
 
 
-def run_pinned(tmp: Path) -> dict:
+def run_pinned(tmp: Path, tfds_dir: Path | None = None) -> dict:
+    """The pinned runs in ``tmp``; SST-2 is prepared in ``tfds_dir`` (default: under ``tmp``)."""
     from albert_jax.training.finetune import finetune
     from albert_jax.training.pretrain import pretrain
 
@@ -114,7 +115,7 @@ def run_pinned(tmp: Path) -> dict:
         "checkpoint_every": 2, "mesh.data": 1, "optimizer.warmup_steps": 1,
         "optimizer.learning_rate": 1e-3, "model.classifier_dropout_prob": 0.1,
         "data.max_train_examples": 48, "data.max_eval_examples": 16,
-        "data.tfds_data_dir": tmp / "tfds"})
+        "data.tfds_data_dir": tfds_dir or tmp / "tfds"})
     result = finetune(c, ft, progress=False)
     from safetensors.numpy import load_file
 
@@ -145,13 +146,14 @@ def _floats_close(got, want, path="") -> None:
 
 @pytest.mark.skipif(not (SST2.is_dir() and CORPUS.is_dir()),
                     reason="the shared SST-2 / Gutenberg data is absent")
-def test_restructured_trainer_reproduces_the_recording(tmp_path):
+def test_restructured_trainer_reproduces_the_recording(tmp_path, shared_tfds_dir):
     # In a child process with XLA's default compilation (the recordings' settings), not the
     # suite's fast-compile flags (conftest.FAST_COMPILE), which change the kernels' bits.
     out = tmp_path / "pinned.json"
     env = child_env(XLA_FLAGS=xla_flags(8, fast=False), JAX_PLATFORMS="cpu")
-    run = subprocess.run([sys.executable, __file__, "--emit", str(out)], env=env, cwd=REPO,
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, __file__, "--emit", str(out), "--tfds",
+                          str(shared_tfds_dir)], env=env, cwd=REPO, capture_output=True,
+                         text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     got = json.loads(out.read_text())
     got_fingerprint = got.pop("fingerprint")
@@ -175,7 +177,8 @@ if __name__ == "__main__" and {"--record", "--record-kernels", "--emit"} & set(s
         target = Path(sys.argv[sys.argv.index("--emit") + 1])
     else:
         target = KERNELS if "--record-kernels" in sys.argv else FIXTURE
+    tfds = Path(sys.argv[sys.argv.index("--tfds") + 1]) if "--tfds" in sys.argv else None
     with tempfile.TemporaryDirectory() as d:
-        values = {"fingerprint": fingerprint(), **run_pinned(Path(d))}
+        values = {"fingerprint": fingerprint(), **run_pinned(Path(d), tfds)}
     target.write_text(json.dumps(values, indent=1) + "\n")
     print(f"wrote {target}")

@@ -205,6 +205,9 @@ def finetune(config: ml_collections.ConfigDict, workdir: str | os.PathLike,
              progress: bool = True) -> dict[str, Any]:
     """Fine-tunes ``config.init`` on ``config.task``; resumes from ``workdir``. Returns the
     best dev result ``{"step", "metric", "value"}`` (and the final eval metrics)."""
+    from albert_jax.training.host_memory import retain_freed_memory
+
+    retain_freed_memory()  # before JAX's backend starts (see host_memory)
     family = family_for(config)
     rc.validate_config(config)
     workdir = Path(workdir)

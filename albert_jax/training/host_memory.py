@@ -9,11 +9,12 @@ step, about 10% of the step on a 2-core machine (issue 12, part 3, measured with
 ``getrusage``). With one malloc arena, no ``mmap`` for large blocks and no trimming, the
 freed block stays in the heap and the next step reuses it without a fault.
 
-The setting is process-wide and has to be made before JAX starts its CPU backend (the
-backend's threads attach to their own malloc arenas when they start; made later it changes
-nothing for them). Its cost: the process keeps its peak heap instead of returning memory to
-the system, which a training process reaches on its first step anyway. Only glibc has these
-switches; elsewhere this does nothing.
+Pretraining and fine-tuning make the setting when they start. It is process-wide and has
+to be made before JAX starts its CPU backend (the backend's threads attach to their own
+malloc arenas when they start; made later it changes nothing for them). Its cost: the
+process keeps its peak heap instead of returning memory to the system, which a training
+process reaches on its first step anyway. Only glibc has these switches; elsewhere this does
+nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +27,11 @@ import sys
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
+_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+# The same settings as glibc tunables, for the environment of a process not yet started
+# (glibc reads GLIBC_TUNABLES when the process starts; the test suite gives it to its children).
+GLIBC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                  f"glibc.malloc.trim_threshold={2**31 - 1}")
 
 
 def jax_backend_started() -> bool:
@@ -52,5 +58,4 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return all(mallopt(param, value) == 1 for param, value in (
-        (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)))
+    return all(mallopt(param, value) == 1 for param, value in _SETTINGS)
