@@ -42,8 +42,9 @@ if "ALBERT_JAX_CACHE_DIR" not in os.environ:
 
 # The suite's processes keep freed memory for reuse (albert_jax.training.host_memory, which
 # the training commands set for themselves) instead of faulting XLA's large buffers in again
-# on every execution: 3% of the suite's CPU time, most of it the kernel's. This process by
-# mallopt (before JAX starts), its children by glibc's tunables (read when they start).
+# on every execution (the albert-mini quality fixture alone: 26.8 s -> 22.0 s, its kernel
+# time 10.7 s -> 1.4 s). This process by mallopt (before JAX starts), its children by
+# glibc's tunables (read when they start).
 os.environ.setdefault("GLIBC_TUNABLES", host_memory.GLIBC_TUNABLES)
 host_memory.retain_freed_memory()
 
