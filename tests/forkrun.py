@@ -26,9 +26,8 @@ from collections.abc import Mapping
 from concurrent.futures import Future
 from pathlib import Path
 
-from conftest import child_env
+from conftest import REPO, child_env
 
-ROOT = Path(__file__).resolve().parents[1]
 # Third-party libraries only: their import is what a start spends its time on.
 PRELOAD = ("numpy", "jax", "jax.numpy", "flax.linen", "optax", "safetensors.numpy",
            "sentencepiece", "ml_collections", "torch")
@@ -117,7 +116,7 @@ class ForkRunner:
         self._env = child_env(env)
         self._proc = subprocess.Popen(
             [sys.executable, "-c", _SERVER, json.dumps(PRELOAD)], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, env=self._env, cwd=ROOT)
+            stdout=subprocess.PIPE, env=self._env, cwd=REPO)
         assert json.loads(self._proc.stdout.readline()) == {"ready": True}, "server died"
         self._lock = threading.Lock()
         self._pending: dict[int, Future] = {}

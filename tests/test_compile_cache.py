@@ -10,7 +10,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, child_env
 
 from albert_jax import compile_cache
 
@@ -24,7 +24,7 @@ def fill_mask(forked_cli):
     forked from an interpreter that has imported JAX (tests/forkrun.py)."""
     def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
         done = forked_cli.run(["fill-mask", "--model", MINI, *args, TEXT], cwd=REPO,
-                              env={**os.environ, **(env or {})})
+                              env=child_env(**(env or {})))
         return subprocess.CompletedProcess(done.args, done.returncode,
                                            done.stdout.decode(), done.stderr.decode())
 

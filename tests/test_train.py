@@ -11,7 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from conftest import xla_flags
+from conftest import child_env, xla_flags
 from jax.sharding import PartitionSpec
 
 from albert_jax import cli
@@ -211,7 +211,7 @@ def test_metrics_log_writes_tensorboard_events_without_importing_torch(tmp_path)
         "print(float(torch.ones(3).sum()))\n"
     )
     run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
-                         text=True, timeout=120, cwd=REPO)
+                         text=True, timeout=120, cwd=REPO, env=child_env())
     assert run.returncode == 0, run.stderr
     assert run.stdout.split() == ["False", "3.0"]
     assert trainer.read_metrics(tmp_path) == [{"step": 1, "loss": 2.5}]

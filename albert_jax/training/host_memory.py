@@ -23,15 +23,11 @@ import ctypes
 import ctypes.util
 import sys
 
-# glibc's mallopt() parameters (malloc.h).
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
-_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+# The settings: glibc's tunable name, its mallopt() parameter (malloc.h), the value.
+_SETTINGS = (("arena_max", -8, 1), ("mmap_max", -4, 0), ("trim_threshold", -1, 2**31 - 1))
 # The same settings as glibc tunables, for the environment of a process not yet started
 # (glibc reads GLIBC_TUNABLES when the process starts; the test suite gives it to its children).
-GLIBC_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-                  f"glibc.malloc.trim_threshold={2**31 - 1}")
+GLIBC_TUNABLES = ":".join(f"glibc.malloc.{name}={value}" for name, _, value in _SETTINGS)
 
 
 def jax_backend_started() -> bool:
@@ -58,4 +54,4 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return all(mallopt(param, value) == 1 for param, value in _SETTINGS)
+    return all(mallopt(param, value) == 1 for _, param, value in _SETTINGS)
