@@ -19,10 +19,12 @@ that alters the bits on purpose records the newer file again and says why.
 The values are every ``metrics.jsonl`` record (losses, metrics, learning rate, gradient norm,
 dev metrics), the fine-tuning result (``best.json`` + final eval), and a SHA-256 of every
 array of every orbax checkpoint (read back with orbax itself, not with the trainer) and of
-the ``best/`` model's tensors. On a machine whose JAX version and CPU features match the
-recording, everything must be equal bit for bit; elsewhere XLA's CPU kernels may sum in
-another order (AVX2 vs AVX-512), so there the checksums are not compared and the floats must
-agree to ``rtol=2e-3`` (float32 round-off, ~1e-7 per op, amplified by a few optimizer steps).
+the ``best/`` model's tensors. On a machine whose JAX version and CPU (make, model and
+feature flags: :func:`fingerprint`) match the recording, everything must be equal bit for
+bit; elsewhere XLA's CPU kernels may sum in another order (AVX2 vs AVX-512, or another
+make's AVX-512), so there the checksums are not compared and the floats must agree to
+``rtol=2e-3`` (float32 round-off, ~1e-7 per op, amplified by a few optimizer steps). The
+kernels file holds one machine's recording, the last one made.
 """
 
 from __future__ import annotations
@@ -48,16 +50,26 @@ CORPUS = SHARED / "corpus" / "gutenberg_nltk"
 
 
 def fingerprint() -> dict:
-    """What decides whether float results can be bit-identical to the recording."""
+    """What decides whether float results can be bit-identical to the recording: XLA's CPU
+    backend compiles for the host's own microarchitecture (LLVM's host CPU name and feature
+    set), so two AVX-512 machines of different makes (an AMD EPYC and an Intel Xeon, say)
+    run different kernels. The CPU is identified by its vendor, family and model and a
+    digest of its feature flags, as the kernel reports them."""
     import jax
     import jaxlib
 
-    flags = ""
+    fields: dict[str, str] = {}
     with contextlib.suppress(OSError):
-        flags = Path("/proc/cpuinfo").read_text()
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if not line.strip():
+                break  # the first processor's block is enough: the cores are alike
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    flags = " ".join(sorted(fields.get("flags", "").split()))
     return {"jax": jax.__version__, "jaxlib": jaxlib.__version__,
-            "machine": platform.machine(), "avx512f": " avx512f" in flags,
-            "avx2": " avx2" in flags, "devices": jax.device_count()}
+            "machine": platform.machine(), "devices": jax.device_count(),
+            "cpu": " ".join(fields.get(k, "?") for k in ("vendor_id", "cpu family", "model")),
+            "cpu_flags_sha256": hashlib.sha256(flags.encode()).hexdigest()[:16]}
 
 
 def _tree_sha(tree) -> str:
