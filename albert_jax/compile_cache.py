@@ -81,6 +81,13 @@ def enable(directory: str | os.PathLike | None = None) -> str | None:
         return None
     import jax  # Deferred: the command line parses its arguments before importing jax.
 
+    previous = jax.config.jax_compilation_cache_dir
+    if previous is not None and os.path.abspath(previous) != path:
+        # JAX opens its cache once per process, at the first compilation after a directory
+        # is set, and keeps that one: without a reset, a new directory would be ignored.
+        from jax.experimental.compilation_cache import compilation_cache
+
+        compilation_cache.reset_cache()
     jax.config.update("jax_compilation_cache_dir", path)
     # Cache every step: on CPU even a small model's step compiles for ~1 s.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from albert_jax import compile_cache
 from albert_jax.training import host_memory
 
 # XLA's CPU backend without LLVM's optimisations: the suite compiles hundreds of small
@@ -47,6 +48,12 @@ if "ALBERT_JAX_CACHE_DIR" not in os.environ:
 # glibc's tunables (read when they start).
 os.environ.setdefault("GLIBC_TUNABLES", host_memory.GLIBC_TUNABLES)
 host_memory.retain_freed_memory()
+
+# The suite's own processes use the session's compilation cache too, as every command does:
+# a program another test (or the other worker) compiled already is loaded, not compiled
+# again. Turned on here, not by whichever in-process command a worker happens to run first,
+# so that it does not depend on the order of the tests.
+compile_cache.enable(os.environ["ALBERT_JAX_CACHE_DIR"])
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -117,3 +117,22 @@ def test_unwritable_directory_only_warns(tmp_path, caplog):
     finally:
         ro.chmod(0o700)
     assert "compilation cache disabled" in caplog.text
+
+
+def test_a_new_directory_in_the_same_process_takes_effect(tmp_path):
+    """JAX keeps the cache it opened first; :func:`enable` with another directory must move
+    later entries there (a notebook's second Engine(cache_dir=...), the suite's processes)."""
+    import jax
+    import numpy as np
+
+    before = compile_cache.enabled_dir()
+    x = jax.device_put(np.ones(7, np.float32))
+    try:
+        for name, scale in (("a", 3.0), ("b", 5.0)):
+            assert compile_cache.enable(tmp_path / name) == str(tmp_path / name)
+            jax.jit(lambda v, s=scale: v * s)(x).block_until_ready()
+        for name in ("a", "b"):  # one program each, none of b's in a
+            assert len(list((tmp_path / name).glob("jit__lambda-*-cache"))) == 1, name
+    finally:
+        if before is not None:
+            compile_cache.enable(before)
