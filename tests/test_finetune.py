@@ -83,11 +83,19 @@ def test_every_config_loads_with_its_published_recipe(name, tmp_path):
                 o.warmup_steps) == recipes[name]
 
 
+@pytest.fixture(scope="module")
+def sst2_run(tiny_init, tfds_dir, tmp_path_factory) -> tuple[Path, dict]:
+    """One 4-step SST-2 run (dev evaluations at steps 2 and 4): (workdir, its result). The
+    tests that use it only read the workdir."""
+    if not SST2.is_dir():
+        pytest.skip("SST-2 is absent")
+    wd = tmp_path_factory.mktemp("sst2") / "run"
+    return wd, run_finetune("sst2", wd, tiny_overrides(tiny_init, tfds_dir))
+
+
 # ------------------------------------------------------------------------------ families
-@pytest.mark.skipif(not SST2.is_dir(), reason="SST-2 is absent")
-def test_glue_run_writes_best_model_and_metrics(tiny_init, tmp_path, tfds_dir):
-    wd = tmp_path / "run"
-    result = run_finetune("sst2", wd, tiny_overrides(tiny_init, tfds_dir))
+def test_glue_run_writes_best_model_and_metrics(sst2_run):
+    wd, result = sst2_run
     assert result["metric"] == "accuracy" and 0.0 <= result["value"] <= 1.0
     records = trainer.read_metrics(wd)
     assert [r["step"] for r in records] == [1, 2, 3, 4]
@@ -313,15 +321,13 @@ def _tokenizer(init: Path):
 
 
 # ------------------------------------------------------------------------------ export
-@pytest.mark.skipif(not SST2.is_dir(), reason="SST-2 is absent")
-def test_export_to_hf_gives_identical_logits(tiny_init, tmp_path, tfds_dir):
+def test_export_to_hf_gives_identical_logits(sst2_run, tmp_path):
     import torch
     import transformers
 
     from albert_jax.pretrained import load_pretrained
 
-    wd = tmp_path / "run"
-    run_finetune("sst2", wd, tiny_overrides(tiny_init, tfds_dir, steps=2))
+    wd, _ = sst2_run
     dest = tmp_path / "hf"
     assert cli.main(["export", str(wd), str(dest), "--to", "hf"]) == 0
     hf = transformers.AlbertForSequenceClassification.from_pretrained(dest).eval()
