@@ -168,25 +168,25 @@ def forked_cli():
 # `make test` hands whole files to its pytest-xdist workers (--dist loadfile), in collection
 # order (--no-loadscope-reorder). The longest files go first, so that no worker is left
 # with a long file while the other has finished (longest-first scheduling); the rest keep
-# their order. Seconds each took in one run on 2 cores (session 6, commit 42d907d).
+# their order. Seconds each took in one run on 2 cores (session 8, commit 7554204).
 LONGEST_FIRST = (
-    "test_notebooks.py",  # 296
-    "test_checkpoint.py",  # 119
-    "test_train.py",  # 104
-    "test_model.py",  # 103
-    "test_engine.py",  # 99
-    "test_faults.py",  # 89
-    "test_finetune.py",  # 87
-    "test_score_distributed.py",  # 57
-    "test_train_safety.py",  # 54
-    "test_serve.py",  # 53
-    "test_guarantees.py",  # 49
-    "test_pin.py",  # 44
-    "test_flax_migration.py",  # 43
-    "test_compile_cache.py",  # 40
-    "test_tf_checkpoint.py",  # 40
-    "test_serve_replicas.py",  # 39
-    "test_albert_mini.py",  # 34
+    "test_notebooks.py",  # 145
+    "test_engine.py",  # 69
+    "test_checkpoint.py",  # 63
+    "test_train.py",  # 56
+    "test_model.py",  # 54
+    "test_finetune.py",  # 52
+    "test_serve.py",  # 35
+    "test_faults.py",  # 35
+    "test_train_safety.py",  # 30
+    "test_guarantees.py",  # 29
+    "test_score_distributed.py",  # 27
+    "test_pin.py",  # 26
+    "test_tf_checkpoint.py",  # 24
+    "test_serve_replicas.py",  # 23
+    "test_flax_migration.py",  # 16
+    "test_albert_mini.py",  # 16
+    "test_compile_cache.py",  # 15
 )
 
 
