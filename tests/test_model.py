@@ -112,7 +112,7 @@ def test_backbone_and_mlm_match_transformers(pretraining_checkpoint):
     if name == "base-v2":  # what the name says, not transformers' default (xxlarge) shapes
         assert pre.config.replace(scan_layers=True) == PRESETS["albert-base-v2"].replace(
             scan_layers=True)
-    if name != "base-v2":
+    else:
         ref_base = torch_outputs(torch_model.albert, ids, mask, types)
         base, base_params, _ = load_pretrained(directory, head="base")
         mlm, mlm_params, _ = load_pretrained(directory, head="masked_lm")
