@@ -36,12 +36,6 @@ def tiny_init(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="module")
-def tfds_dir(shared_tfds_dir) -> Path:
-    """The run's TFDS data dir (conftest): SST-2 is prepared once."""
-    return shared_tfds_dir
-
-
 def load_config(task: str, workdir: Path, *overrides: str):
     config, _ = cli.parse_config_args(
         ["--config", str(CONFIGS / f"{task}.py"), "--workdir", str(workdir), *overrides])
@@ -84,13 +78,13 @@ def test_every_config_loads_with_its_published_recipe(name, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def sst2_run(tiny_init, tfds_dir, tmp_path_factory) -> tuple[Path, dict]:
+def sst2_run(tiny_init, shared_tfds_dir, tmp_path_factory) -> tuple[Path, dict]:
     """One 4-step SST-2 run (dev evaluations at steps 2 and 4): (workdir, its result). The
     tests that use it only read the workdir."""
     if not SST2.is_dir():
         pytest.skip("SST-2 is absent")
     wd = tmp_path_factory.mktemp("sst2") / "run"
-    return wd, run_finetune("sst2", wd, tiny_overrides(tiny_init, tfds_dir))
+    return wd, run_finetune("sst2", wd, tiny_overrides(tiny_init, shared_tfds_dir))
 
 
 # ------------------------------------------------------------------------------ families
@@ -112,12 +106,12 @@ def test_glue_run_writes_best_model_and_metrics(sst2_run):
 
 
 @pytest.mark.skipif(not SQUAD_DEV.is_file(), reason="the SQuAD dev file is absent")
-def test_squad_run(tiny_init, tmp_path, tfds_dir):
+def test_squad_run(tiny_init, tmp_path, shared_tfds_dir):
     wd = tmp_path / "run"
     extra = {"data.train_file": SQUAD_DEV, "data.validation_file": SQUAD_DEV,
              "max_seq_length": 96, "data.doc_stride": 48, "data.max_query_length": 24,
              "data.max_train_examples": 16, "data.max_eval_examples": 8}
-    result = run_finetune("squad_v1", wd, tiny_overrides(tiny_init, tfds_dir, **extra))
+    result = run_finetune("squad_v1", wd, tiny_overrides(tiny_init, shared_tfds_dir, **extra))
     assert result["metric"] == "f1"
     assert set(result["eval"]) == {"exact_match", "f1"}
     assert 0.0 <= result["eval"]["f1"] <= 100.0
@@ -139,13 +133,13 @@ def _write_conll(path: Path, sentences: int, seed: int) -> None:
     path.write_text("\n".join(lines))
 
 
-def test_token_classification_run(tiny_init, tmp_path, tfds_dir):
+def test_token_classification_run(tiny_init, tmp_path, shared_tfds_dir):
     _write_conll(tmp_path / "train.txt", 40, 0)
     _write_conll(tmp_path / "dev.txt", 12, 1)
     wd = tmp_path / "run"
     extra = {"data.train_file": tmp_path / "train.txt",
              "data.validation_file": tmp_path / "dev.txt"}
-    result = run_finetune("conll2003", wd, tiny_overrides(tiny_init, tfds_dir, **extra))
+    result = run_finetune("conll2003", wd, tiny_overrides(tiny_init, shared_tfds_dir, **extra))
     assert {"precision", "recall", "f1", "accuracy"} <= set(result["eval"])
     cfg = json.loads((wd / "best" / "config.json").read_text())
     assert cfg["id2label"]["0"] == "O" and len(cfg["id2label"]) == 6
@@ -168,13 +162,13 @@ def _write_mc(path: Path, n: int, seed: int) -> None:
                 "label": int(rng.integers(0, 4))}) + "\n")
 
 
-def test_multiple_choice_run(tiny_init, tmp_path, tfds_dir):
+def test_multiple_choice_run(tiny_init, tmp_path, shared_tfds_dir):
     _write_mc(tmp_path / "train.jsonl", 32, 0)
     _write_mc(tmp_path / "dev.jsonl", 10, 1)
     wd = tmp_path / "run"
     extra = {"data.train_file": tmp_path / "train.jsonl",
              "data.validation_file": tmp_path / "dev.jsonl"}
-    result = run_finetune("race", wd, tiny_overrides(tiny_init, tfds_dir, **extra))
+    result = run_finetune("race", wd, tiny_overrides(tiny_init, shared_tfds_dir, **extra))
     assert set(result["eval"]) == {"accuracy"}
     out = tmp_path / "mc.jsonl"
     finetune.predict(out, workdir=str(wd), split="validation")
@@ -184,7 +178,7 @@ def test_multiple_choice_run(tiny_init, tmp_path, tfds_dir):
     assert all(abs(sum(r["probabilities"]) - 1) < 1e-4 for r in rows)
 
 
-def test_encoding_of_each_family(tiny_init, tmp_path, tfds_dir):
+def test_encoding_of_each_family(tiny_init, tmp_path):
     """Token labels sit on each word's first piece; multiple choice fills the blank."""
     from albert_jax.tokenizer import AlbertTokenizer
 
@@ -213,12 +207,12 @@ def test_encoding_of_each_family(tiny_init, tmp_path, tfds_dir):
 
 # ------------------------------------------------------------------------------ trainer
 @pytest.mark.skipif(not SST2.is_dir(), reason="SST-2 is absent")
-def test_sharded_run_equals_single_device(tiny_init, tmp_path, tfds_dir):
+def test_sharded_run_equals_single_device(tiny_init, tmp_path, shared_tfds_dir):
     losses = {}
     for data in (1, 8):
         wd = tmp_path / f"d{data}"
-        run_finetune("sst2", wd, tiny_overrides(tiny_init, tfds_dir, steps=3, eval_every=0,
-                                                max_seq_length=16,
+        run_finetune("sst2", wd, tiny_overrides(tiny_init, shared_tfds_dir, steps=3,
+                                                eval_every=0, max_seq_length=16,
                                                 **{"mesh.data": data}))
         losses[data] = [r["loss"] for r in trainer.read_metrics(wd)]
     np.testing.assert_allclose(losses[8], losses[1], rtol=1e-5)
@@ -247,15 +241,15 @@ def _env(tmp: Path) -> dict:
 
 
 @pytest.mark.skipif(not SST2.is_dir(), reason="SST-2 is absent")
-def test_resume_from_an_earlier_checkpoint_is_exact(tiny_init, tmp_path, tfds_dir):
+def test_resume_from_an_earlier_checkpoint_is_exact(tiny_init, tmp_path, shared_tfds_dir):
     """What a kill leaves on disk: the checkpoint of step 2, metrics and best.json of later
     steps. The rerun resumes at step 2 (data position, dropout keys) and replays the rest
     bit-identically, including the dev evaluations and the best-model choice."""
     import shutil
 
     wd = tmp_path / "run"
-    over = tiny_overrides(tiny_init, tfds_dir, steps=6, eval_every=3, checkpoint_every=2,
-                          **{"model.classifier_dropout_prob": 0.1})
+    over = tiny_overrides(tiny_init, shared_tfds_dir, steps=6, eval_every=3,
+                          checkpoint_every=2, **{"model.classifier_dropout_prob": 0.1})
     run_finetune("sst2", wd, over)
     want = trainer.read_metrics(wd)
     best = json.loads((wd / "best.json").read_text())
@@ -268,9 +262,9 @@ def test_resume_from_an_earlier_checkpoint_is_exact(tiny_init, tmp_path, tfds_di
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SST2.is_dir(), reason="SST-2 is absent")
-def test_kill_and_resume_is_exact(tiny_init, tmp_path, tfds_dir):
+def test_kill_and_resume_is_exact(tiny_init, tmp_path, shared_tfds_dir):
     steps = 10
-    over = tiny_overrides(tiny_init, tfds_dir, steps=steps, eval_every=5,
+    over = tiny_overrides(tiny_init, shared_tfds_dir, steps=steps, eval_every=5,
                           **{"model.classifier_dropout_prob": 0.1})
 
     def command(wd):
@@ -375,7 +369,7 @@ def test_bad_configs_and_files_are_one_line_errors(tiny_init, tmp_path, capsys):
 # ------------------------------------------------------------------------------ albert-mini
 @pytest.mark.slow
 @pytest.mark.skipif(not SST2.is_dir(), reason="SST-2 is absent")
-def test_albert_mini_learns_sst2_slice(tmp_path, tfds_dir):
+def test_albert_mini_learns_sst2_slice(tmp_path, shared_tfds_dir):
     """The shipped albert-mini fine-tuned on the first 128 SST-2 training sentences: the loss
     falls and accuracy on that slice rises well above its majority class. (Dev accuracy
     needs far more steps: benchmarks/bench_finetune_sst2.py.) Slow, and in CI proved more
@@ -388,7 +382,7 @@ def test_albert_mini_learns_sst2_slice(tmp_path, tfds_dir):
         "--config.eval_every=24", "--config.checkpoint_every=24", "--config.mesh.data=1",
         "--config.optimizer.learning_rate=1e-3", "--config.optimizer.warmup_steps=3",
         "--config.data.max_train_examples=128", "--config.data.max_eval_examples=128",
-        "--config.data.eval_split=train", f"--config.data.tfds_data_dir={tfds_dir}",
+        "--config.data.eval_split=train", f"--config.data.tfds_data_dir={shared_tfds_dir}",
     ]
     result = run_finetune("sst2", wd, over)
     records = trainer.read_metrics(wd)
