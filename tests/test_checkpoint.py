@@ -57,16 +57,21 @@ def _env(tmp: Path) -> dict[str, str]:
     return {**os.environ, "ALBERT_JAX_CACHE_DIR": str(tmp / "xla")}
 
 
+def _wait_until(ready, proc: subprocess.Popen, interval: float, timeout: float = 120) -> None:
+    """Polls ``ready()`` every ``interval`` seconds until it holds, ``proc`` ends or
+    ``timeout`` passes (the caller checks which)."""
+    deadline = time.time() + timeout
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(interval)
+
+
 def _start_and_stop(workdir: Path, tfds_dir: Path, sig: int, after_step: int) -> int:
     """Starts the run, waits for a finalized checkpoint >= after_step, sends ``sig``."""
     proc = subprocess.Popen(_command(workdir, tfds_dir), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=_env(workdir.parent))
-    deadline = time.time() + 120
     try:
-        while time.time() < deadline and proc.poll() is None:
-            if any(s >= after_step for s in _finalized_steps(workdir)):
-                break
-            time.sleep(0.02)
+        _wait_until(lambda: any(s >= after_step for s in _finalized_steps(workdir)), proc,
+                    interval=0.02)
         assert proc.poll() is None, "the run ended before it could be interrupted: " + (
             proc.stderr.read().decode()[-2000:])
         proc.send_signal(sig)
@@ -89,10 +94,8 @@ def test_kill_and_resume_is_exact(tmp_path):
     ref_dir = tmp_path / "ref"
     reference = subprocess.Popen(_command(ref_dir, tfds_dir), cwd=REPO, env=_env(tmp_path),
                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while (not list((tmp_path / "xla").glob("jit_step-*-cache")) and reference.poll() is None
-           and time.time() < deadline):
-        time.sleep(0.05)
+    _wait_until(lambda: bool(list((tmp_path / "xla").glob("jit_step-*-cache"))), reference,
+                interval=0.05)
     run = tmp_path / "run"
     assert _start_and_stop(run, tfds_dir, signal.SIGKILL, after_step=4) == -signal.SIGKILL
     _, err = reference.communicate(timeout=300)
