@@ -730,9 +730,9 @@ def add_serve_command(sub) -> None:
                     "else its directory's name")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=_at_least(0, "--port"), default=8000)
-    sv.add_argument("--db", default=None, help="SQLAlchemy URL of the keys and usage database "
-                    "(default: SQLite in the user data directory; postgresql+psycopg://... "
-                    "for replicas)")
+    sv.add_argument("--db", default=_db_default(), help="SQLAlchemy URL of the keys and usage "
+                    f"database (default: ${DB_ENV_VAR}, else SQLite in the user data directory; "
+                    "postgresql+psycopg://... for replicas)")
     sv.add_argument("--price-per-second", type=_finite(0.0, "--price-per-second"), default=0.0005,
                     help="price of a second of device time (default 0.0005)")
     sv.add_argument("--max-batch-size", type=_at_least(1, "--max-batch-size"),
@@ -753,9 +753,24 @@ def add_serve_command(sub) -> None:
                     default=-1, help="data-parallel devices (default all)")
     sv.add_argument("--tensor", type=_at_least(1, "--tensor"),
                     default=1, help="tensor-parallel devices")
-    sv.add_argument("--cache-dir", help="persistent compilation cache directory")
+    compile_cache.add_arguments(sv)
     sv.add_argument("--allow-anonymous", action="store_true",
-                    help="inference without a key too (rate-limited per client address)")
+                    help="inference without a key too (rate-limited per client address: 60 "
+                    "inputs per minute)")
+    sv.add_argument("--max-client-batch-size", type=_at_least(1, "--max-client-batch-size"),
+                    default=None, help="inputs per request, more is 413 (default 32, or "
+                    "half of --max-queue when that is less)")
+    sv.add_argument("--max-targets", type=_at_least(1, "--max-targets"), default=100,
+                    help="targets per request, more is 413 (100)")
+    sv.add_argument("--max-top-k", type=_at_least(1, "--max-top-k"), default=100,
+                    help="largest top_k, more is 422 (100)")
+    sv.add_argument("--forwarded-allow-ips", default=None, metavar="IPS",
+                    help="comma-separated addresses of proxies whose X-Forwarded-For names "
+                    "the client ('*': any); default: none, the peer's address is the client's")
+    sv.add_argument("--metrics-port", type=_at_least(0, "--metrics-port"), default=None,
+                    help="serve /metrics on this port only (on --metrics-host), not on --port")
+    sv.add_argument("--metrics-host", default="127.0.0.1",
+                    help="address of the --metrics-port listener (127.0.0.1)")
     sv.add_argument("--length-buckets", type=_length_buckets, default=None,
                     help="comma-separated sequence-length buckets to compile (default: the "
                     "engine's)")
@@ -768,10 +783,9 @@ def add_serve_command(sub) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    if args.cache_dir is not None and os.path.lexists(args.cache_dir) and not os.path.isdir(
-            args.cache_dir):  # before loading anything (the server enables the cache later)
-        raise UserError(f"--cache-dir {args.cache_dir} is a file, not a directory")
     server = _import_serving("server")
+    # On by default, as for every command: a restart loads the compiled shapes.
+    _compile_cache(args)
     from albert_jax import hub
     from albert_jax.config import ConfigError
     from albert_jax.conversion import ConversionError
@@ -782,9 +796,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
         request_timeout_s=args.request_timeout_s, dtype=args.dtype, data=args.data,
-        tensor=args.tensor, cache_dir=args.cache_dir, allow_anonymous=args.allow_anonymous,
+        tensor=args.tensor, allow_anonymous=args.allow_anonymous,
         length_buckets=args.length_buckets, max_length=args.max_length,
-        pack_length=args.pack_length)
+        pack_length=args.pack_length, max_client_batch_size=args.max_client_batch_size,
+        max_targets=args.max_targets, max_top_k=args.max_top_k,
+        forwarded_allow_ips=args.forwarded_allow_ips, metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host)
     try:
         return server.serve(config)
     except (hub.ModelNotFoundError, ConversionError, ConfigError, FileNotFoundError,
@@ -799,29 +816,44 @@ def add_keys_command(sub) -> None:
                         description="Keys are stored only as hashes; create prints the new "
                         "key alone on stdout, once.")
     ksub = ks.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
-    db_help = "SQLAlchemy URL (default: the server's default SQLite file)"
-    create = ksub.add_parser("create", help="a new key, printed once")
-    create.add_argument("--db", default=None, help=db_help)
-    create.add_argument("--name", required=True)
+    db_help = f"SQLAlchemy URL (default: ${DB_ENV_VAR}, else the server's default SQLite file)"
+    create = ksub.add_parser("create", help="a new key, printed once; creates the database "
+                             "if there is none")
+    create.add_argument("--db", default=_db_default(), help=db_help)
+    create.add_argument("--name", required=True, help=f"the key's name: {_KEY_NAME_RULE}")
     create.add_argument("--rate-limit", type=_at_least(1, "--rate-limit"), default=None,
                         help="requests per minute (default: no limit)")
     listing = ksub.add_parser("list", help="names, key prefixes, limits, status")
-    listing.add_argument("--db", default=None, help=db_help)
+    listing.add_argument("--db", default=_db_default(), help=db_help)
     revoke = ksub.add_parser("revoke", help="revoke a key (its requests get 403)")
-    revoke.add_argument("--db", default=None, help=db_help)
+    revoke.add_argument("--db", default=_db_default(), help=db_help)
     revoke.add_argument("--name", required=True)
     ks.set_defaults(func=cmd_keys)
+
+
+# --db's default, so that a password need not be on the command line (`ps` shows it).
+DB_ENV_VAR = "ALBERT_JAX_DB"
+# As albert_jax.serving.db.KEY_NAME_RULE (not imported: the parser needs no serve extra).
+_KEY_NAME_RULE = ("1 to 64 characters from A-Z a-z 0-9 . _ @ + -, starting with a letter "
+                  "or a digit")
+
+
+def _db_default() -> str | None:
+    return os.environ.get(DB_ENV_VAR) or None
 
 
 def _db_errors():
     import sqlalchemy.exc
 
-    return (sqlalchemy.exc.SQLAlchemyError, ValueError)
+    from albert_jax.serving.db import DatabaseError
+
+    return (DatabaseError, sqlalchemy.exc.SQLAlchemyError, ValueError)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
     admin = _import_serving("admin")
-    from albert_jax.serving.db import KeyAdminError
+    from albert_jax.serving import db
+    from albert_jax.serving.text import printable
 
     try:
         if args.keys_command == "create":
@@ -830,19 +862,19 @@ def cmd_keys(args: argparse.Namespace) -> int:
             print(admin.keys_table(args.db))
         else:
             admin.revoke_key(args.db, args.name)
-            print(f"{PROG}: revoked key {args.name!r}", file=sys.stderr)
-    except KeyAdminError as e:
+            print(f"{PROG}: revoked key '{printable(args.name)}'", file=sys.stderr)
+    except (db.KeyAdminError, db.DatabaseError) as e:  # Already one line, password-free.
         raise UserError(str(e)) from None
     except _db_errors() as e:
-        raise UserError(f"database {args.db or '(default)'}: {e}") from None
+        raise UserError(db.describe_error(args.db, e)) from None
     return 0
 
 
 def add_usage_command(sub) -> None:
     us = sub.add_parser("usage", help="usage summary of the service: requests, tokens, cost",
                         description="Per key, day and model, from the usage ledger.")
-    us.add_argument("--db", default=None,
-                    help="SQLAlchemy URL (default: the server's default SQLite file)")
+    us.add_argument("--db", default=_db_default(), help=f"SQLAlchemy URL (default: "
+                    f"${DB_ENV_VAR}, else the server's default SQLite file)")
     us.add_argument("--name", default=None, help="one key's usage only")
     us.add_argument("--json", action="store_true", help="a JSON list of rows")
     us.set_defaults(func=cmd_usage)
@@ -850,10 +882,14 @@ def add_usage_command(sub) -> None:
 
 def cmd_usage(args: argparse.Namespace) -> int:
     admin = _import_serving("admin")
+    from albert_jax.serving import db
+
     try:
         print(admin.usage_report(args.db, args.name, args.json))
+    except db.DatabaseError as e:  # Already one line, password-free.
+        raise UserError(str(e)) from None
     except _db_errors() as e:
-        raise UserError(f"database {args.db or '(default)'}: {e}") from None
+        raise UserError(db.describe_error(args.db, e)) from None
     return 0
 # ============================================================================ training
 def parse_config_args(argv: Sequence[str], example: str = "configs/pretrain/tiny.py"

@@ -358,16 +358,20 @@ class Engine:
         every row; at 8+ tokens a sequence, a row of ``pack_length`` never needs more)."""
         return max(1, pack_length // 8)
 
-    def pack_row_buckets(self, pack_length: int, max_tokens: int) -> tuple[int, ...]:
+    def pack_row_buckets(self, pack_length: int, max_tokens: int,
+                         per_octave: int = 4) -> tuple[int, ...]:
         """Row counts a packed batch is padded to, up to ``max_tokens // pack_length`` rows:
-        1, 2, ..., 8, then steps of an eighth of the count (10, 12, 14, 16, 20, 24, ...),
-        each times the data-parallel size. Finer than powers of two (a packed batch should
-        pay for its tokens), with waste under 25% and few shapes to compile."""
+        ``per_octave`` steps between powers of two (4: 1, 2, ..., 8, 10, 12, 14, 16, 20,
+        24, ...; 2: 1, 2, 3, 4, 6, 8, 12, 16, 24, ...), each times the data-parallel size.
+        Finer than powers of two (a packed batch should pay for its tokens), with waste
+        under 1 / (per_octave + 1) and few shapes to compile."""
+        if not _is_int(per_octave) or per_octave < 1:
+            raise ValueError(f"per_octave must be a positive integer, got {per_octave!r}")
         top = max(max_tokens // pack_length // self.data_parallel, 1)
         ladder, r = [], 1
         while r < top:
             ladder.append(r)
-            r += max(1, 1 << (r.bit_length() - 3)) if r >= 8 else 1
+            r += max(1, (1 << (r.bit_length() - 1)) // per_octave)
         ladder.append(top)
         return tuple(sorted({r * self.data_parallel for r in ladder}))
 
@@ -449,6 +453,36 @@ class Engine:
             out = step(*args)
         where = (np.asarray(packing.row), np.asarray(packing.slot))
         return jax.tree.map(lambda a: np.asarray(a)[where], out)
+
+    def compile_shape(self, kind: str, rows: int, length: int, *, packed: bool = False,
+                      top_k: int | None = None) -> None:
+        """Compiles the step ``kind`` for a batch of ``rows`` x ``length`` tokens (``packed``:
+        ``rows`` packed rows of ``length`` tokens, as :meth:`run_packed` runs them) without
+        running it: a later batch of that shape finds it compiled. Warming a server this way
+        costs compile time only, not a run of every shape (most of a warm start)."""
+        self._check_kind(kind, top_k, None)
+        k = min(top_k, self.vocab_size) if kind == "topk" else 0
+        i32 = np.int32
+        if packed:
+            slots = self.pack_slots(length)
+            step = self._packed_step(kind, k, False)
+            args: tuple = (self.params, np.zeros((rows, length), i32),
+                           np.zeros((rows, length, length), np.bool_),
+                           np.zeros((rows, length), i32), np.zeros((rows, slots), i32),
+                           np.zeros((rows, slots), i32))
+        else:
+            step = self._step(kind, k, False)
+            args = (self.params, np.zeros((rows, length), i32), np.zeros((rows, length), i32),
+                    np.zeros((rows,), i32), np.zeros((rows,), i32))
+        if self.multiprocess:  # Inputs are global jax.Arrays there: run one batch instead.
+            row = [Row([1] * (1 if packed else length), position=0)]
+            if packed:
+                self.run_packed(kind, row, pack_length=length, num_rows=rows, top_k=top_k)
+            else:
+                self.run_batch(kind, row * rows, top_k=top_k)
+            return
+        with jax.set_mesh(self.mesh):
+            step.lower(*args).compile()
 
     # ---------------------------------------------------------------- host side
     def check(self, ids: Sequence[int], position: int | None = None,

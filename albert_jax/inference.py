@@ -202,15 +202,11 @@ class FillMask(_Pipeline):
                             f"{type(targets).__name__}")
         ids: list[int] = []
         for target in targets:
-            if not isinstance(target, str):
-                raise TypeError(f"targets must be strings, got {type(target).__name__}")
-            tid = self.tokenizer.convert_tokens_to_ids(target)
-            if self.tokenizer.convert_ids_to_tokens(tid) != target:
-                pieces = self.tokenizer.encode(target, add_special_tokens=False)
-                if not pieces:
-                    logger.warning("target %r is empty after tokenisation: ignored", target)
-                    continue
-                tid = pieces[0]
+            tid, exact = self.resolve_target(target)
+            if tid is None:
+                logger.warning("target %r is empty after tokenisation: ignored", target)
+                continue
+            if not exact:
                 logger.warning(
                     "target %r is not in the vocabulary: using %r",
                     target, self.tokenizer.convert_ids_to_tokens(tid),
@@ -219,6 +215,17 @@ class FillMask(_Pipeline):
         if not ids:
             raise ValueError("at least one valid target must be given")
         return np.asarray(sorted(set(ids)), dtype=np.int64)
+
+    def resolve_target(self, target: str) -> tuple[int | None, bool]:
+        """(vocabulary id, whether ``target`` is that piece exactly) as :meth:`target_ids`
+        resolves one target, without logging; (None, False) when it tokenises to nothing."""
+        if not isinstance(target, str):
+            raise TypeError(f"targets must be strings, got {type(target).__name__}")
+        tid = self.tokenizer.convert_tokens_to_ids(target)
+        if self.tokenizer.convert_ids_to_tokens(tid) == target:
+            return tid, True
+        pieces = self.tokenizer.encode(target, add_special_tokens=False)
+        return (pieces[0], False) if pieces else (None, False)
 
     def row_lengths(self, prepared: _Prepared) -> list[int]:
         return [len(prepared.ids)]

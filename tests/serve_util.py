@@ -162,6 +162,15 @@ class Postgres:
         subprocess.run([*self.prefix, str(self.bindir / tool), *args], check=True,
                        cwd=self.dir, capture_output=True, timeout=120)
 
+    def halt(self) -> None:
+        """Stops the server at once (as a crash or an outage would), keeping its data."""
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
+
+    def resume(self) -> None:
+        """Starts the halted server again on the same port and data."""
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w",
+                  "-t", "60", "-o", f"-p {self.port} -k {self.dir} -h 127.0.0.1 -F", "start")
+
     def stop(self) -> None:
         with contextlib.suppress(subprocess.SubprocessError):
             self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")

@@ -46,7 +46,7 @@ def env(tmp_path_factory):
     short = tiny_model(root / "short", max_position_embeddings=32, seed=5)
     db = f"sqlite:///{root / 'ledger.db'}"
     keys = {name: cli("keys", "create", "--db", db, "--name", name).stdout.strip()
-            for name in ("alice", "bob")}
+            for name in ("alice", "bob", "carol")}
     keys["limited"] = cli("keys", "create", "--db", db, "--name", "limited",
                           "--rate-limit", "3").stdout.strip()
     cache = ["--cache-dir", str(jax_cache_dir(tmp_path_factory))]
@@ -122,6 +122,8 @@ def test_public_endpoints(env):
     assert "where is my [MASK]?" in page.text and "$0.002 / sec" in page.text
     assert "<table>" in page.text and "<strong>tiny random</strong>" in page.text  # the card
     assert "short" in httpx.get(a.url + "/models/short").text
+    # The page shows the served model's parameter count, as /v1/models does.
+    assert f'<span id="parameters">{models["tiny"]["parameters"]:,}</span>' in page.text
     assert_error(httpx.get(a.url + "/models/nope"), 404, "not_found")
     assert httpx.get(a.url + "/static/page.js").status_code == 200
     assert_error(httpx.get(a.url + "/no/such/route"), 404, "not_found")
@@ -330,22 +332,28 @@ def test_body_limit(env):
 
 
 def test_queue_full_is_fast_429_and_timeout_504(env):
-    """B waits up to 3 s to fill a batch of 4 but holds 2 rows at most: of 3 requests, one
-    is refused at once (429), the other two wait past the 1 s timeout (504)."""
-    b, key = env["b"], env["keys"]["bob"]
+    """B waits up to 3 s to fill a batch of 4 but holds 2 rows at most, and one caller
+    alone half of them: alice's and bob's requests queue, alice's second one is refused at
+    once (429: her share), so is carol's (the queue is full); the two queued wait past the
+    1 s timeout (504)."""
+    b, keys = env["b"], env["keys"]
 
     async def run():
-        async with httpx.AsyncClient(base_url=b.url, headers=auth(key), timeout=30) as client:
-            async def one(i):
+        async with httpx.AsyncClient(base_url=b.url, timeout=30) as client:
+            async def one(i, name):
                 start = time.perf_counter()
-                r = await client.post("/v1/inference/tiny", json={"input": f"{i} [MASK]"})
+                r = await client.post("/v1/inference/tiny", json={"input": f"{i} [MASK]"},
+                                      headers=auth(keys[name]))
                 return r, time.perf_counter() - start
-            first = [asyncio.create_task(one(i)) for i in range(2)]
+            first = [asyncio.create_task(one(i, name)) for i, name in enumerate(("alice",
+                                                                                   "bob"))]
             await asyncio.sleep(0.3)  # Both are queued now.
-            third = await one(2)
-            return [*(await asyncio.gather(*first)), third]
+            again = await one(2, "alice")
+            third = await one(3, "carol")
+            return [*(await asyncio.gather(*first)), again, third]
 
-    (r1, t1), (r2, t2), (r3, t3) = asyncio.run(run())
+    (r1, t1), (r2, t2), (ra, ta), (r3, t3) = asyncio.run(run())
+    assert "share" in assert_error(ra, 429, "queue_full")["error"] and ta < 0.5
     assert_error(r3, 429, "queue_full")
     assert r3.headers["retry-after"] == "1" and t3 < 0.5
     for r, t in ((r1, t1), (r2, t2)):
@@ -450,9 +458,22 @@ def test_batcher_bounds_shapes_and_admission(env):
     assert (2, 16) in batcher.shapes and (4, 16) not in batcher.shapes
     with pytest.raises(ValueError, match="tokens"):
         batcher.submit([Row([1] * 41)])
-    batcher.submit([Row([1] * 8)] * 3)
-    with pytest.raises(QueueFull):
-        batcher.submit([Row([1] * 8)])
+    # Of 3 rows, one caller alone holds 2 (a share is kept for a newcomer)...
+    batcher.submit([Row([1] * 8)] * 2, owner="a")
+    with pytest.raises(QueueFull, match="share"):
+        batcher.submit([Row([1] * 8)], owner="a")
+    batcher.submit([Row([1] * 8)], owner="b")  # ...which a newcomer gets,
+    with pytest.raises(QueueFull, match="at most 3"):  # and then the queue is full.
+        batcher.submit([Row([1] * 8)], owner="c")
+
+    # Fair order: a caller that queued 6 rows is served in turn with one that queued 2.
+    batcher = Batcher(fm.engine, name="t", max_batch_size=4, max_wait_s=0.0)
+    batcher.submit([Row([1] * 10, position=i) for i in range(6)], owner="a")
+    batcher.submit([Row([2] * 10, position=i) for i in range(2)], owner="b")
+    first = [(i.owner, i.row.position) for i in batcher._next_batch()]
+    assert first == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
+    assert [(i.owner, i.row.position) for i in batcher._next_batch()] == [
+        ("a", p) for p in (2, 3, 4, 5)]
 
     # The oldest row sets the length bucket; shorter rows join, longer ones go next, in order.
     batcher = Batcher(fm.engine, name="t", max_batch_size=4, max_wait_s=0.0)
@@ -520,9 +541,9 @@ def test_a_model_that_cannot_compile_stops_the_server(env, tmp_path):
 import sys
 from albert_jax import cli
 from albert_jax.engine import Engine
-def broken(self, kind, rows, **kwargs):
+def broken(self, *args, **kwargs):
     raise RuntimeError("boom while compiling")
-Engine.run_batch = Engine.run_packed = broken
+Engine.compile_shape = Engine.run_batch = Engine.run_packed = broken
 sys.exit(cli.main(sys.argv[1:]))
 """
     argv = ["serve", "--model", f"tiny={env['tiny']}", "--db", f"sqlite:///{tmp_path / 'x.db'}",

@@ -1,9 +1,14 @@
 """The FastAPI application: routes, the error contract, and the per-request middleware
-(request id, body limit, compute headers, ledger row, access-log line, metrics)."""
+(request id, body limit, security and compute headers, ledger row, access-log line,
+metrics).
+
+Nothing the client chose reaches the ledger or the log raw: the ledger stores the route
+(``POST /v1/inference/{model}``) and the model only when it is served (else one fixed
+marker), and the access log shows the path bounded and with control characters escaped.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
@@ -15,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from albert_jax.serving import db, page
+from albert_jax.serving import page
 from albert_jax.serving.errors import ServiceError
 from albert_jax.serving.schemas import (
     ErrorResponse,
@@ -26,7 +31,8 @@ from albert_jax.serving.schemas import (
     Prediction,
     UsageResponse,
 )
-from albert_jax.serving.service import RequestContext, Service
+from albert_jax.serving.service import UNKNOWN_MODEL, RequestContext, Service
+from albert_jax.serving.text import printable
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("albert_jax.serving.access")
@@ -35,6 +41,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 422, 429, 500, 503, 504)
 }
 _HTTP_TYPES = {404: "not_found", 405: "method_not_allowed"}
+# Inference routes: (path prefix, the route as the ledger stores it).
+_INFERENCE = (("/v1/inference/", "/v1/inference/{model}"), ("/models/", "/models/{model}"))
+# Probes a load balancer sends every few seconds: logged at DEBUG, not INFO.
+_PROBES = frozenset({"/ready", "/health"})
+_LOGGED_PATH = 200  # characters of a path the access log shows
 
 
 def _json_error(status: int, error_type: str, message: str,
@@ -64,13 +75,17 @@ class ServeMiddleware:
             await self.app(scope, receive, send)
             return
         service = self.service
-        ctx = RequestContext(request_id=uuid.uuid4().hex, start=time.perf_counter(),
-                             endpoint=f"{scope['method']} {scope['path']}")
         path = scope["path"]
-        ctx.ledger = scope["method"] == "POST" and (path.startswith("/v1/inference/")
-                                                    or path.startswith("/models/"))
-        if ctx.ledger:  # Hub names may hold a slash ("albert/albert-base-v2").
-            ctx.model = path.removeprefix("/v1/inference/").removeprefix("/models/")
+        ctx = RequestContext(request_id=uuid.uuid4().hex, start=time.perf_counter(),
+                             endpoint=f"{scope['method']} {printable(path, _LOGGED_PATH)}")
+        if scope["method"] == "POST":
+            for prefix, route in _INFERENCE:
+                if path.startswith(prefix):  # Hub names hold a slash ("albert/albert-base-v2").
+                    ctx.ledger = True
+                    ctx.endpoint = f"POST {route}"
+                    name = path[len(prefix):]
+                    ctx.model = name if name in service.models else UNKNOWN_MODEL
+                    break
         scope["albert_ctx"] = ctx
         started = False
         limit = service.options.max_body_bytes
@@ -81,6 +96,7 @@ class ServeMiddleware:
                 started = True
                 ctx.status = message["status"]
                 headers = list(message.get("headers", []))
+                headers.extend(page.SECURITY_HEADERS)
                 headers.append((b"x-request-id", ctx.request_id.encode()))
                 if ctx.ledger:
                     headers.append((b"x-compute-time", f"{ctx.runtime_s:.6f}".encode()))
@@ -124,20 +140,29 @@ class ServeMiddleware:
         if ctx.status == 0:  # The client went away before an answer (nginx's 499).
             ctx.status, ctx.error_type = 499, ctx.error_type or "client_closed"
         if ctx.ledger:
-            if ctx.status >= 400:
+            if not ctx.billed:
                 ctx.runtime_s = ctx.cost = 0.0  # Failed requests are recorded, not billed.
-            self.service.record(ctx)
+            self.service.record(ctx)  # (an answered request's row is committed already)
             model = ctx.model if ctx.model in self.service.models else "-"
             self.service.metrics.requests.labels(model, str(ctx.status)).inc()
             self.service.metrics.request_seconds.labels(model).observe(ms / 1000.0)
-        access_log.info("%s key=%s model=%s \"%s\" %d %.1fms", ctx.request_id,
-                        ctx.key_name or "-", ctx.model or "-", ctx.endpoint, ctx.status, ms)
+        level = logging.DEBUG if ctx.endpoint.split(" ", 1)[-1] in _PROBES else logging.INFO
+        access_log.log(level, "%s key=%s model=%s \"%s\" %d %.1fms", ctx.request_id,
+                       printable(ctx.key_name or "-"), ctx.model or "-", ctx.endpoint,
+                       ctx.status, ms)
 
 
-def create_app(service: Service) -> FastAPI:
+def _json_body(body: bytes) -> Response:
+    """An answer encoded already (off the event loop): sent as it is, not re-validated."""
+    return Response(body, media_type="application/json")
+
+
+def create_app(service: Service, metrics_elsewhere: bool = False) -> FastAPI:
+    """The service's routes; ``metrics_elsewhere``: ``/metrics`` is served on its own port
+    (``--metrics-port``), not here."""
     app = FastAPI(title="albert_jax fill-mask service",
                   description="ALBERT fill-mask inference with API keys, metering and dynamic "
-                              "batching.", version="1")
+                              "batching.", version="1", docs_url=None, redoc_url=None)
     app.state.service = service
 
     @app.exception_handler(ServiceError)
@@ -172,26 +197,29 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/inference/{model:path}", response_model=InferenceResponse, responses=_ERRORS,
               summary="Fill the [MASK] of one input")
     async def inference(model: str, body: InferenceRequest, request: Request,
-                        authorization: str | None = Header(None)) -> dict:
+                        authorization: str | None = Header(None)) -> Response:
         ctx = ctx_of(request)
-        [results] = await service.fill_mask(model, [body.input], body.top_k, body.targets,
-                                            authorization, client_of(request), ctx)
-        return {"results": results, "request_id": ctx.request_id,
-                "inference_status": {"status": "succeeded",
-                                     "runtime_ms": ctx.runtime_s * 1000.0, "cost": ctx.cost,
-                                     "tokens_input": ctx.tokens}}
+
+        def render(answers: list[list[dict]]) -> dict:
+            return {"results": answers[0], "request_id": ctx.request_id,
+                    "inference_status": {"status": "succeeded",
+                                         "runtime_ms": ctx.runtime_s * 1000.0,
+                                         "cost": ctx.cost, "tokens_input": ctx.tokens}}
+
+        return _json_body(await service.fill_mask(
+            model, [body.input], body.top_k, body.targets, authorization, client_of(request),
+            ctx, render))
 
     @app.post("/models/{model:path}", response_model=list[Prediction] | list[list[Prediction]],
               responses=_ERRORS, summary="Hugging Face Inference API shape")
     async def hf_inference(model: str, body: HFRequest, request: Request,
-                           authorization: str | None = Header(None)) -> list:
+                           authorization: str | None = Header(None)) -> Response:
         ctx = ctx_of(request)
         single = isinstance(body.inputs, str)
         texts = [body.inputs] if single else list(body.inputs)
-        results = await service.fill_mask(model, texts, body.parameters.top_k,
-                                          body.parameters.targets, authorization,
-                                          client_of(request), ctx)
-        return results[0] if single else results
+        return _json_body(await service.fill_mask(
+            model, texts, body.parameters.top_k, body.parameters.targets, authorization,
+            client_of(request), ctx, lambda answers: answers[0] if single else answers))
 
     # ------------------------------------------------------------------ public
     @app.get("/v1/models", response_model=list[ModelInfo], summary="The models served")
@@ -207,11 +235,7 @@ def create_app(service: Service) -> FastAPI:
             raise ServiceError(401, "unauthorized", "usage needs an API key",
                                {"WWW-Authenticate": "Bearer"})
 
-        def read() -> list[dict]:
-            service.ledger.flush()
-            return db.usage_summary(service.db, caller.key_name)
-
-        rows = await asyncio.to_thread(read)
+        rows = await service.usage(caller.key_name)
         return {"key": caller.key_name, "days": [
             {k: r[k] for k in ("day", "model", "requests", "failed", "tokens", "runtime_s",
                                "cost")} for r in rows]}
@@ -230,19 +254,31 @@ def create_app(service: Service) -> FastAPI:
         _done, total = service.compile_progress()
         return {"status": "ready", "models": list(service.models), "compiled_shapes": total}
 
-    @app.get("/metrics", summary="Prometheus metrics")
-    async def metrics() -> Response:
-        return Response(service.metrics.render(), media_type=service.metrics.content_type)
+    if not metrics_elsewhere:
+        @app.get("/metrics", summary="Prometheus metrics")
+        async def metrics() -> Response:
+            return Response(service.metrics.render(), media_type=service.metrics.content_type)
+
+    pages = page.render_pages(service)  # Once: the cards do not change while serving.
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def home() -> HTMLResponse:
-        return HTMLResponse(page.render(service, service.default_model))
+        return HTMLResponse(pages[service.default_model])
 
     @app.get("/models/{model:path}", response_class=HTMLResponse, include_in_schema=False)
     async def model_page(model: str, request: Request) -> HTMLResponse:
         service.model(model, ctx_of(request))
-        return HTMLResponse(page.render(service, model))
+        return HTMLResponse(pages[model])
 
+    # Swagger UI from our own origin (FastAPI's /docs loads it from a CDN with an inline
+    # script, which the Content-Security-Policy forbids).
+    docs = page.docs_page()
+    if docs is not None:
+        @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+        async def api_docs() -> HTMLResponse:
+            return HTMLResponse(docs)
+
+        app.mount("/static/swagger", StaticFiles(directory=page.SWAGGER_DIR), name="swagger")
     app.mount("/static", StaticFiles(directory=page.STATIC_DIR), name="static")
     app.add_middleware(ServeMiddleware, service=service)
     return app

@@ -21,6 +21,12 @@ its longest row. Row counts of packed batches come in fine steps
 
 A batch's device time is shared among its rows in proportion to their tokens: that share
 is what a request is billed.
+
+Fairness: every row has an owner (the API key, or the anonymous client's address). The
+queue is kept in start-time fair order (start-time fair queueing, by tokens): a key that
+queued 300 rows is served in turn with one that queued 3, not before it, and while other
+keys wait no key holds more than its share of the queue (``max_queue`` divided among the
+keys waiting, plus one share kept free for a newcomer).
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ class _Item:
     row: Row
     future: concurrent.futures.Future
     enqueued: float
+    owner: str | None = None
+    start_tag: float = 0.0  # virtual start time: the fair order of the queue
     taken: bool = False  # its future is running (it was in a gathered batch)
 
 
@@ -71,8 +79,10 @@ class Batcher:
     def __init__(self, engine: Engine, *, name: str, kind: str = "probs",
                  max_batch_size: int = 32, max_batch_tokens: int = 8192,
                  max_wait_s: float = 0.002, max_queue: int = 512,
-                 pack_length: int | None = None, metrics: Metrics | None = None) -> None:
+                 pack_length: int | None = None, metrics: Metrics | None = None,
+                 compile_threads: int = 2) -> None:
         self.engine = engine
+        self.compile_threads = compile_threads
         self.name = name
         self.kind = kind
         self.max_batch_size = min(max_batch_size, engine.batch_size)
@@ -94,7 +104,9 @@ class Batcher:
             self.pack_length = pack_length  # Longer than max_length is fine: positions restart.
             cap = max(min(self.max_batch_size * self.pack_length, max_batch_tokens),
                       self.pack_length)
-            self.pack_buckets = engine.pack_row_buckets(self.pack_length, cap)
+            # Two row counts per octave: a third fewer shapes to compile at start-up than
+            # the engine's default ladder, for at most a third of a batch in padding rows.
+            self.pack_buckets = engine.pack_row_buckets(self.pack_length, cap, per_octave=2)
             # Packed rows are not bound by the padded-token budget's longest row (the
             # model's own limit still is).
             self.max_length = min(engine.max_length, max(self.max_length, self.pack_length))
@@ -110,6 +122,9 @@ class Batcher:
         self._queue: collections.deque[_Item] = collections.deque()
         self._cond = threading.Condition()
         self._waiting = 0  # rows queued or in the batch being gathered (what max_queue bounds)
+        self._owned: collections.Counter[str | None] = collections.Counter()  # per owner
+        self._finish: dict[str | None, float] = {}  # owner -> virtual finish of its last row
+        self._vtime = 0.0  # virtual time: start tag of the last row dispatched
         self._stopping = False
         self._busy = False
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
@@ -127,6 +142,11 @@ class Batcher:
             self._thread.join(timeout)
 
     @property
+    def alive(self) -> bool:
+        """False once the engine thread has ended (stopped, or failed)."""
+        return self._thread.is_alive()
+
+    @property
     def queued(self) -> int:
         """Rows waiting for the device (queued or in the batch being gathered)."""
         return self._waiting
@@ -136,28 +156,73 @@ class Batcher:
         with self._cond:
             return not self._queue and not self._busy
 
-    def submit(self, rows: Sequence[Row]) -> list[concurrent.futures.Future]:
-        """Queues ``rows`` (all or none); a future of a :class:`RowResult` per row.
+    def share(self, owner: str | None) -> int:
+        """Rows ``owner`` may have waiting now: ``max_queue`` divided among the owners with
+        rows waiting (``owner`` included) plus one share kept for a newcomer."""
+        with self._cond:
+            return self._share(owner)
 
-        QueueFull when the queue cannot take them all; ValueError for a row longer than any
-        batch holds (callers check :attr:`max_length` first, with a better message).
+    def _share(self, owner: str | None) -> int:
+        active = len(self._owned) + (owner not in self._owned)
+        return max(1, -(-self.max_queue // (active + 1)))
+
+    @property
+    def largest_request(self) -> int:
+        """The most rows one request can ever have queued (an owner alone)."""
+        return max(1, -(-self.max_queue // 2))
+
+    def submit(self, rows: Sequence[Row], owner: str | None = None
+               ) -> list[concurrent.futures.Future]:
+        """Queues ``rows`` of ``owner`` (all or none); a future of a :class:`RowResult` per row.
+
+        QueueFull when the queue, or ``owner``'s share of it, cannot take them all now;
+        ValueError for a row longer than any batch holds (callers check :attr:`max_length`
+        first, with a better message).
         """
         for row in rows:
             if not 0 < len(row.ids) <= self.max_length:
                 raise ValueError(f"{len(row.ids)} tokens: outside 1..{self.max_length}")
+        if self.failure is not None or (self._thread.ident is not None and not self.alive):
+            raise RuntimeError("the engine thread has ended")
         now = time.perf_counter()
-        items = [_Item(row, concurrent.futures.Future(), now) for row in rows]
+        items = [_Item(row, concurrent.futures.Future(), now, owner) for row in rows]
         with self._cond:
             if self._stopping:
                 raise RuntimeError("the batcher is stopped")
+            share = self._share(owner)
+            if self._owned[owner] + len(items) > share:
+                raise QueueFull(f"this caller has {self._owned[owner]} rows waiting; its "
+                                f"share of the queue is {share} rows now")
             if self._waiting + len(items) > self.max_queue:
                 raise QueueFull(f"{self._waiting} rows are waiting (at most "
                                 f"{self.max_queue})")
-            self._queue.extend(items)
+            for item in items:
+                self._enqueue(item)
             self._waiting += len(items)
+            self._owned[owner] += len(items)
             self._cond.notify_all()
         self._gauge()
         return [item.future for item in items]
+
+    def _enqueue(self, item: _Item) -> None:
+        """Inserts ``item`` in start-time fair order (lock held): its start tag is the later
+        of the virtual time and its owner's last finish; its cost is its tokens."""
+        start = max(self._vtime, self._finish.get(item.owner, 0.0))
+        item.start_tag = start
+        self._finish[item.owner] = start + len(item.row.ids)
+        i = len(self._queue)  # Newcomers mostly belong at the end: search from there.
+        while i > 0 and self._queue[i - 1].start_tag > start:
+            i -= 1
+        self._queue.insert(i, item)
+
+    def _release(self, items: Sequence[_Item]) -> None:
+        """Rows that left the queue for a batch or gave up (lock held)."""
+        for item in items:
+            self._owned[item.owner] -= 1
+            if self._owned[item.owner] <= 0:  # None of its rows wait: forget it (a
+                del self._owned[item.owner]  # later row starts at the virtual time).
+                self._finish.pop(item.owner, None)
+            self._vtime = max(self._vtime, item.start_tag)
 
     # ------------------------------------------------------------------ engine thread
     def _gauge(self) -> None:
@@ -165,17 +230,32 @@ class Batcher:
             self.metrics.queue_size.labels(self.name).set(self._waiting)
 
     def _warmup(self) -> None:
-        """Compiles every (batch, length) shape the server can run."""
+        """Compiles every (batch, length) shape the server can run, without running them
+        (compiled ahead of time: a run of each would cost more than loading it from the
+        persistent cache), on ``compile_threads`` threads (XLA compiles without the GIL
+        while the next shape traces); logs the progress."""
         start = time.perf_counter()
-        for b, n in self.shapes:  # n < 0: b packed rows of -n tokens
-            if n < 0:  # One short row, the rest padding rows: the shape is what compiles.
-                self.engine.run_packed(self.kind, [Row([1], position=0)], pack_length=-n,
-                                       num_rows=b)
-            else:
-                self.engine.run_batch(self.kind, [Row([1] * n, position=0)] * b)
-            self.compiled += 1
-        logger.info("%s: %d shapes compiled in %.1f s", self.name, len(self.shapes),
-                    time.perf_counter() - start)
+        total = len(self.shapes)
+        logger.info("%s: compiling %d shapes", self.name, total)
+        step = max(1, total // 10)
+
+        def compile_one(shape: tuple[int, int]) -> None:
+            b, n = shape  # n < 0: b packed rows of -n tokens
+            self.engine.compile_shape(self.kind, b, abs(n), packed=n < 0)
+            with self._cond:
+                self.compiled += 1
+                done = self.compiled
+            if done % step == 0 or done == total:
+                logger.info("%s: %d/%d shapes compiled (%.1f s)", self.name, done, total,
+                            time.perf_counter() - start)
+
+        threads = max(1, min(self.compile_threads, total))
+        if threads == 1:
+            for shape in self.shapes:
+                compile_one(shape)
+        else:
+            with concurrent.futures.ThreadPoolExecutor(threads, "compile") as pool:
+                list(pool.map(compile_one, self.shapes))  # re-raises the first failure
         self.ready.set()
 
     def _padded(self, rows: int, longest: int) -> int:
@@ -225,6 +305,7 @@ class Batcher:
             if not item.taken:
                 if not item.future.set_running_or_notify_cancel():
                     self._waiting -= 1
+                    self._release([item])
                     continue  # Its request gave up (timeout) while it queued.
                 item.taken = True
             batch.append(item)
@@ -257,7 +338,9 @@ class Batcher:
                     self._cond.wait()
                 if not self._queue:
                     return None  # Stopping and drained.
-                deadline = self._queue[0].enqueued + self.max_wait_s
+                # The oldest row's wait bounds the batch's (the fair order puts a
+                # newcomer's row first at times).
+                deadline = min(item.enqueued for item in self._queue) + self.max_wait_s
                 batch: list[_Item] = []
                 longest, full = self._take(batch, 0)
                 while not full and not self._stopping:
@@ -270,6 +353,7 @@ class Batcher:
                     self._trim(batch)
                     self._busy = True
                     self._waiting -= len(batch)
+                    self._release(batch)
                     return batch
 
     def _run(self) -> None:
@@ -280,16 +364,25 @@ class Batcher:
             self.failure = e
             self.ready.set()  # Waiters wake up, and see the failure.
             return
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            self._gauge()
-            try:
-                self._run_batch(batch)
-            finally:
-                with self._cond:
-                    self._busy = False
+        try:
+            while True:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                self._gauge()
+                try:
+                    self._run_batch(batch)
+                finally:
+                    with self._cond:
+                        self._busy = False
+        except BaseException as e:  # Outside the guarded step: a bug in the batcher itself.
+            logger.exception("the %s engine thread failed", self.name)
+            self.failure = e
+            with self._cond:
+                for item in self._queue:  # Nobody waits for a thread that is gone.
+                    if not item.future.done():
+                        item.future.set_exception(RuntimeError("the engine thread failed"))
+                self._queue.clear()
 
     def _run_batch(self, batch: list[_Item]) -> None:
         start = time.perf_counter()

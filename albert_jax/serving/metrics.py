@@ -33,6 +33,12 @@ class Metrics:
                                               buckets=_LATENCY, registry=r)
         self.device_seconds = prom.Counter("albert_device_seconds",
                                            "Device time of all batches", ["model"], registry=r)
+        self.ledger_commit_seconds = prom.Histogram(
+            "albert_ledger_commit_seconds", "Time of one usage-ledger transaction (a group "
+            "of rows)", buckets=_LATENCY, registry=r)
+        self.ledger_dropped = prom.Counter(
+            "albert_ledger_dropped", "Failed requests' audit rows dropped while the database "
+            "was unavailable (answered requests' rows are never dropped)", registry=r)
 
     def render(self) -> bytes:
         return prom.generate_latest(self.registry)

@@ -15,6 +15,11 @@ from albert_jax.serving.batcher import Batcher
 from albert_jax.serving.metrics import Metrics
 
 CARD_FILES = ("MODEL_CARD.md", "README.md")
+# Sequence lengths a server compiles by default: coarser than the engine's ladder (7 lengths,
+# not 14), because every shape costs start-up time (44 shapes for albert-mini with the
+# 1.5x steps 96, 192: 15 s to /ready from a warm cache on 2 cores; 32 with these), and
+# inputs up to --pack-length (64) tokens, most fill-mask prompts, are packed instead.
+SERVE_LENGTH_BUCKETS = (16, 32, 64, 128, 256, 384, 512)
 
 
 def parse_model_spec(spec: str) -> tuple[str, str]:
@@ -84,9 +89,8 @@ def load_model(spec: str, *, price_per_second: float, max_batch_size: int,
     """Loads ``spec`` (``[ALIAS=]NAME_OR_DIR``) and builds its engine and batcher (not started)."""
     name, source = parse_model_spec(spec)
     kwargs: dict[str, Any] = dict(batch_size=max_batch_size, data=data, tensor=tensor,
-                                  cache_dir=cache_dir, dtype=dtype, max_length=max_length)
-    if length_buckets:
-        kwargs["length_buckets"] = tuple(length_buckets)
+                                  cache_dir=cache_dir, dtype=dtype, max_length=max_length,
+                                  length_buckets=tuple(length_buckets or SERVE_LENGTH_BUCKETS))
     fill_mask = FillMask.from_pretrained(source, **kwargs)
     batcher = Batcher(fill_mask.engine, name=name, max_batch_size=max_batch_size,
                       max_batch_tokens=max_batch_tokens, max_wait_s=max_wait_ms / 1000.0,

@@ -54,12 +54,19 @@ class ServeConfig:
     length_buckets: tuple[int, ...] | None = None
     max_length: int | None = None
     pack_length: int = 64
+    max_client_batch_size: int | None = None  # None: 32, or half of max_queue if less
+    max_targets: int = 100
+    max_top_k: int = 100
+    forwarded_allow_ips: str | None = None  # proxies whose X-Forwarded-For is believed
+    metrics_port: int | None = None  # /metrics on its own port (host: metrics_host)
+    metrics_host: str = "127.0.0.1"
 
 
 def check_config(cfg: ServeConfig) -> None:
     """ValueError naming the first bad setting."""
-    for name in ("max_batch_size", "max_batch_tokens", "max_queue", "max_body_bytes"):
-        if getattr(cfg, name) < 1:
+    for name in ("max_batch_size", "max_batch_tokens", "max_queue", "max_body_bytes",
+                 "max_client_batch_size", "max_targets", "max_top_k"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got "
                              f"{getattr(cfg, name)}")
     if cfg.max_wait_ms < 0:
@@ -72,6 +79,21 @@ def check_config(cfg: ServeConfig) -> None:
         raise ValueError(f"--pack-length must be >= 0, got {cfg.pack_length}")
     if not 0 <= cfg.port <= 65535:
         raise ValueError(f"--port must be in 0..65535, got {cfg.port}")
+    if cfg.metrics_port is not None and not 0 <= cfg.metrics_port <= 65535:
+        raise ValueError(f"--metrics-port must be in 0..65535, got {cfg.metrics_port}")
+    one_caller = -(-cfg.max_queue // 2)  # a caller alone holds half the queue at most
+    if cfg.max_client_batch_size is not None and cfg.max_client_batch_size > one_caller:
+        raise ValueError(f"--max-client-batch-size {cfg.max_client_batch_size} can never be "
+                         f"queued: one caller holds at most half of --max-queue "
+                         f"{cfg.max_queue} ({one_caller} rows)")
+
+
+def client_batch_size(cfg: ServeConfig) -> int:
+    """Inputs per request: the setting, else 32 or half of ``max_queue`` when less (a
+    caller alone holds at most half the queue)."""
+    if cfg.max_client_batch_size is not None:
+        return cfg.max_client_batch_size
+    return min(32, -(-cfg.max_queue // 2))
 
 
 def build_service(cfg: ServeConfig) -> Service:
@@ -92,7 +114,9 @@ def build_service(cfg: ServeConfig) -> Service:
         models[served.name] = served
     options = ServiceOptions(request_timeout_s=cfg.request_timeout_s,
                              allow_anonymous=cfg.allow_anonymous,
-                             max_body_bytes=cfg.max_body_bytes)
+                             max_body_bytes=cfg.max_body_bytes,
+                             max_client_batch_size=client_batch_size(cfg),
+                             max_targets=cfg.max_targets, max_top_k=cfg.max_top_k)
     return Service(models, db.connect(cfg.db), options, metrics)
 
 
@@ -148,9 +172,19 @@ def serve(cfg: ServeConfig) -> int:
 def _serve(cfg: ServeConfig) -> int:
     service = build_service(cfg)
     service.start()  # Engine threads: compile every shape, then batch.
-    app = create_app(service)
+    app = create_app(service, metrics_elsewhere=cfg.metrics_port is not None)
+    if cfg.metrics_port is not None:  # Prometheus' own HTTP server, on its own thread.
+        import prometheus_client
+
+        prometheus_client.start_http_server(cfg.metrics_port, addr=cfg.metrics_host,
+                                            registry=service.metrics.registry)
+        logger.info("metrics on http://%s:%d/metrics", cfg.metrics_host, cfg.metrics_port)
+    # X-Forwarded-For is believed only from the proxies named (uvicorn's own default trusts
+    # 127.0.0.1: a local client could pick its own address, and its rate limit with it).
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, access_log=False,
-                            log_level="warning", timeout_graceful_shutdown=30)
+                            log_level="warning", timeout_graceful_shutdown=30,
+                            proxy_headers=cfg.forwarded_allow_ips is not None,
+                            forwarded_allow_ips=cfg.forwarded_allow_ips or "")
     server = DrainingServer(config, service, drain_timeout=cfg.request_timeout_s + 30)
     names = ", ".join(service.models)
     logger.info("serving %s on http://%s:%d (compiling; /ready says when done)", names,
