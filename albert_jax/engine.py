@@ -37,6 +37,10 @@ Steps (the ``kind`` argument):
 - ``"topk"``: the ``top_k`` best (probability [k], id [k]) at ``row.position``, chosen on
   the device with ``lax.top_k`` (over ``candidates`` ids only, when given), so the host
   receives k ids and scores per row instead of V probabilities;
+- ``"topk_targets"``: the ``top_k`` best (probability [k], id [k]) over the whole vocabulary
+  and the probabilities [T] at the row's own target ids ``row.targets`` (padded with id 0
+  to a static ``num_targets`` T): one compiled step serves rows with and without targets
+  alike, and the host receives 2k + T numbers per row instead of V;
 - ``"logprob"``: the log-probability of ``row.target`` at ``row.position`` (scalar);
 - ``"pooled"``, ``"cls"``, ``"mean"``: [H] pooler output, [CLS] hidden state, or mean of the
   last hidden states over the attended tokens (base model, ``head="base"``).
@@ -82,9 +86,11 @@ __all__ = [
 
 DEFAULT_LENGTH_BUCKETS = (16, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512)
 DEFAULT_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-STEP_KINDS = ("probs", "topk", "logprob", "pooled", "cls", "mean")
+STEP_KINDS = ("probs", "topk", "topk_targets", "logprob", "pooled", "cls", "mean")
 # The steps that read one position per sequence, which :meth:`Engine.run_packed` can pack.
-PACKED_KINDS = ("probs", "topk", "logprob")
+PACKED_KINDS = ("probs", "topk", "topk_targets", "logprob")
+# The steps that choose the top k on the device (``top_k`` applies to them).
+_TOPK_KINDS = ("topk", "topk_targets")
 # Plan cost model: sustained matmul rate (FLOP/s) and seconds to compile one step shape,
 # per backend. Rough on purpose: the plan only needs the ratio of the two right to within
 # a factor of ~2 (measured: albert-base-v2 fill-mask step, 2 shared AVX2 cores).
@@ -104,11 +110,13 @@ def enable_compilation_cache(directory: str | os.PathLike) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One sequence to run: ids (with [CLS]/[SEP]); position and target where used."""
+    """One sequence to run: ids (with [CLS]/[SEP]); position and target where used;
+    ``targets``: vocabulary ids whose probabilities the ``"topk_targets"`` step returns."""
 
     ids: Sequence[int]
     position: int = 0
     target: int = 0
+    targets: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,13 +149,18 @@ class EngineOptions:
 
 
 def _read_logits(kind: str, logits: jax.Array, target: jax.Array, top_k: int,
-                 candidates: jax.Array | None) -> Any:
+                 candidates: jax.Array | None, targets: jax.Array | None = None) -> Any:
     """A one-position step's output from MLM logits [..., V] (float32 whatever the compute
     dtype): ``"probs"`` [..., V]; ``"topk"`` (scores [..., k], ids [..., k]) over
-    ``candidates`` when given; ``"logprob"`` of ``target`` [...]: [...]."""
+    ``candidates`` when given; ``"topk_targets"`` (scores [..., k], ids [..., k],
+    probabilities at ``targets`` [..., T]); ``"logprob"`` of ``target`` [...]: [...]."""
     logits = logits.astype(jnp.float32)
     if kind == "probs":
         return jax.nn.softmax(logits, axis=-1)
+    if kind == "topk_targets":
+        probs = jax.nn.softmax(logits, axis=-1)
+        scores, ids = jax.lax.top_k(probs, top_k)
+        return scores, ids, jnp.take_along_axis(probs, targets, axis=-1)
     if kind == "topk":
         probs = jax.nn.softmax(logits, axis=-1)
         if candidates is None:
@@ -233,13 +246,17 @@ class Engine:
     def _step_fn(self, kind: str, top_k: int):
         model = self.model
 
-        def step(params, ids, mask, position, target, candidates=None):
+        def step(params, ids, mask, position, target, extra=None):
+            # extra: the candidate ids [C] ("topk"), or each row's target ids [B, T]
+            # ("topk_targets").
             self.num_traces += 1
             with nn.logical_axis_rules(LOGICAL_AXIS_RULES):
-                if kind in ("probs", "logprob", "topk"):
+                if kind in PACKED_KINDS:
                     logits = model.apply(params, ids, mask,
                                          masked_positions=position[:, None]).logits[:, 0, :]
-                    return _read_logits(kind, logits, target, top_k, candidates)
+                    return _read_logits(kind, logits, target, top_k,
+                                        extra if kind == "topk" else None,
+                                        extra if kind == "topk_targets" else None)
                 out = model.apply(params, ids, mask)
                 if kind == "pooled":
                     return out.pooler_output.astype(jnp.float32)
@@ -251,8 +268,9 @@ class Engine:
 
         return step
 
-    def _step(self, kind: str, top_k: int = 0, with_candidates: bool = False):
-        key = (kind, top_k, with_candidates)
+    def _step(self, kind: str, top_k: int = 0, with_candidates: bool = False,
+              num_targets: int = 0):
+        key = (kind, top_k, with_candidates, num_targets)
         if key not in self._steps:
             rows2, rows1 = batch_sharding(self.mesh, 2), batch_sharding(self.mesh, 1)
             out: Any = rows1 if kind == "logprob" else rows2
@@ -261,6 +279,9 @@ class Engine:
                 out = (rows2, rows2)
                 if with_candidates:
                     in_shardings += (NamedSharding(self.mesh, PartitionSpec()),)
+            if kind == "topk_targets":
+                out = (rows2, rows2, rows2)
+                in_shardings += (rows2,)  # The target ids [B, T].
             self._steps[key] = jax.jit(self._step_fn(kind, top_k),
                                        in_shardings=in_shardings, out_shardings=out)
         return self._steps[key]
@@ -277,16 +298,27 @@ class Engine:
 
         return jax.tree.map(put, tree, shardings)
 
-    def _check_kind(self, kind: str, top_k: int | None, candidates: Any) -> np.ndarray | None:
+    def _check_kind(self, kind: str, top_k: int | None, candidates: Any,
+                    num_targets: int | None = None) -> np.ndarray | None:
         """Validates the step arguments; the candidate ids as int32 (or None)."""
         if kind not in STEP_KINDS:
             raise ValueError(f"unknown step {kind!r} (choose from {', '.join(STEP_KINDS)})")
-        if kind != "topk":
+        if kind != "topk_targets" and num_targets is not None:
+            raise ValueError(f"num_targets applies to the 'topk_targets' step, not {kind!r}")
+        if kind not in _TOPK_KINDS:
             if top_k is not None or candidates is not None:
                 raise ValueError(f"top_k and candidates apply to the 'topk' step, not {kind!r}")
             return None
         if not _is_int(top_k) or top_k < 1:
             raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        if kind == "topk_targets":
+            if candidates is not None:
+                raise ValueError("candidates apply to the 'topk' step, not 'topk_targets' "
+                                 "(which takes each row's targets)")
+            if not _is_int(num_targets) or num_targets < 0:
+                raise ValueError(f"num_targets must be a non-negative integer, got "
+                                 f"{num_targets!r}")
+            return None
         if candidates is None:
             return None  # top_k above the vocabulary size is clipped to it.
         cand = np.asarray(candidates)
@@ -299,8 +331,9 @@ class Engine:
         return cand.astype(np.int32)
 
     def _dispatch(self, kind: str, rows: Sequence[Row], num: int, length: int,
-                  top_k: int, candidates: np.ndarray | None) -> Any:
-        """Pads ``rows`` to [num, length] and starts the step (asynchronously)."""
+                  top_k: int, candidates: np.ndarray | None, num_targets: int = 0) -> Any:
+        """Pads ``rows`` to [num, length] (their targets to [num, num_targets] for
+        ``"topk_targets"``) and starts the step (asynchronously)."""
         n = len(rows)
         ids = np.zeros((num, length), dtype=np.int32)  # Pad id 0; padded keys masked out.
         mask = np.zeros((num, length), dtype=np.int32)
@@ -313,14 +346,22 @@ class Engine:
             target[r] = row.target
         mask[n:, 0] = 1  # Dummy rows attend to one token: no all-masked softmax.
         k = 0
-        if kind == "topk":
+        if kind in _TOPK_KINDS:
             k = min(top_k, self.vocab_size if candidates is None else len(candidates))
-        step = self._step(kind, k, candidates is not None)
+        if kind != "topk_targets":
+            num_targets = 0
+        step = self._step(kind, k, candidates is not None, num_targets)
         inputs: tuple = (ids, mask, position, target)
+        if kind == "topk_targets":
+            targets = np.zeros((num, num_targets), dtype=np.int32)  # Pad id 0: dropped.
+            for r, row in enumerate(rows):
+                targets[r, : len(row.targets)] = row.targets
+            inputs += (targets,)
         if jax.process_count() > 1:  # jit takes no numpy inputs there: jax.Arrays, on a
             # global mesh each process supplying only its own devices' rows.
             rows2, rows1 = batch_sharding(self.mesh, 2), batch_sharding(self.mesh, 1)
-            inputs = self._put(inputs, (rows2, rows2, rows1, rows1))
+            shardings = (rows2, rows2, rows1, rows1) + (rows2,) * (len(inputs) - 4)
+            inputs = self._put(inputs, shardings)
             if candidates is not None:
                 candidates = self._put(candidates, self._replicated)
         args = (self.params, *inputs)
@@ -337,11 +378,15 @@ class Engine:
         return jax.tree.map(lambda a: np.asarray(a)[:n], out)
 
     def run_batch(self, kind: str, rows: Sequence[Row], *, top_k: int | None = None,
-                  candidates: Sequence[int] | None = None) -> Any:
+                  candidates: Sequence[int] | None = None,
+                  num_targets: int | None = None) -> Any:
         """Outputs of up to ``batch_size`` rows, padded to a bucket shape: [len(rows), ...]
-        (for ``"topk"`` a pair (scores [len(rows), k], ids [len(rows), k]))."""
-        cand = self._check_kind(kind, top_k, candidates)
-        rows = self._check_rows(rows)
+        (for ``"topk"`` a pair (scores [len(rows), k], ids [len(rows), k]); for
+        ``"topk_targets"`` a triple (scores [len(rows), k], ids [len(rows), k], target
+        probabilities [len(rows), num_targets]), row i's first ``len(rows[i].targets)``
+        entries of the last at its targets, the rest at the padding id 0)."""
+        cand = self._check_kind(kind, top_k, candidates, num_targets)
+        rows = self._check_rows(rows, num_targets)
         if not rows:
             raise ValueError("rows: at least one row is needed")
         n = len(rows)
@@ -349,7 +394,8 @@ class Engine:
             raise ValueError(f"rows: {n} rows exceed batch_size={self.batch_size}")
         num = bucket_for(n, self.batch_buckets)
         length = bucket_for(max(len(r.ids) for r in rows), self.length_buckets)
-        return self._fetch(self._dispatch(kind, rows, num, length, top_k or 0, cand), n)
+        return self._fetch(self._dispatch(kind, rows, num, length, top_k or 0, cand,
+                                          num_targets or 0), n)
 
     # ---------------------------------------------------------------- packed steps
     @staticmethod
@@ -375,29 +421,38 @@ class Engine:
         ladder.append(top)
         return tuple(sorted({r * self.data_parallel for r in ladder}))
 
-    def _packed_step(self, kind: str, top_k: int, with_candidates: bool):
-        key = ("packed", kind, top_k, with_candidates)
+    def _packed_step(self, kind: str, top_k: int, with_candidates: bool,
+                     num_targets: int = 0):
+        key = ("packed", kind, top_k, with_candidates, num_targets)
         if key not in self._steps:
             model = self.model
 
-            def step(params, ids, mask, positions, masked, target, candidates=None):
+            def step(params, ids, mask, positions, masked, target, extra=None):
+                # extra: the candidate ids [C] ("topk"), or each slot's target ids
+                # [R, slots, T] ("topk_targets").
                 self.num_traces += 1
                 with nn.logical_axis_rules(LOGICAL_AXIS_RULES):
                     logits = model.apply(params, ids, mask, position_ids=positions,
                                          masked_positions=masked).logits  # [R, slots, V]
-                return _read_logits(kind, logits, target, top_k, candidates)
+                return _read_logits(kind, logits, target, top_k,
+                                    extra if kind == "topk" else None,
+                                    extra if kind == "topk_targets" else None)
 
             rows2, rows3 = batch_sharding(self.mesh, 2), batch_sharding(self.mesh, 3)
             in_shardings: tuple = (self._param_shardings, rows2, rows3, rows2, rows2, rows2)
-            out: Any = {"probs": rows3, "topk": (rows3, rows3), "logprob": rows2}[kind]
+            out: Any = {"probs": rows3, "topk": (rows3, rows3),
+                        "topk_targets": (rows3, rows3, rows3), "logprob": rows2}[kind]
             if with_candidates:
                 in_shardings += (NamedSharding(self.mesh, PartitionSpec()),)
+            if kind == "topk_targets":
+                in_shardings += (rows3,)  # The target ids [R, slots, T].
             self._steps[key] = jax.jit(step, in_shardings=in_shardings, out_shardings=out)
         return self._steps[key]
 
     def run_packed(self, kind: str, rows: Sequence[Row], *, pack_length: int,
                    num_rows: int | None = None, top_k: int | None = None,
-                   candidates: Sequence[int] | None = None) -> Any:
+                   candidates: Sequence[int] | None = None,
+                   num_targets: int | None = None) -> Any:
         """:meth:`run_batch` for the one-position steps (:data:`PACKED_KINDS`), with the
         sequences packed several to a row of ``pack_length`` tokens (first-fit decreasing)
         instead of one per row padded to a length bucket: outputs [len(rows), ...].
@@ -410,8 +465,8 @@ class Engine:
         if kind not in PACKED_KINDS:
             raise ValueError(f"only the {', '.join(PACKED_KINDS)} steps can be packed, "
                              f"not {kind!r}")
-        cand = self._check_kind(kind, top_k, candidates)
-        rows = self._check_rows(rows)
+        cand = self._check_kind(kind, top_k, candidates, num_targets)
+        rows = self._check_rows(rows, num_targets)
         if not rows:
             raise ValueError("rows: at least one row is needed")
         # Positions restart in every packed sequence: a row may be longer than the model's
@@ -432,6 +487,8 @@ class Engine:
         mask = np.zeros((*shape, pack_length), np.bool_)
         masked, target = np.zeros((num_rows, slots), np.int32), np.zeros((num_rows, slots),
                                                                           np.int32)
+        # Each slot's target ids ("topk_targets"), padded with id 0 (dropped on the host).
+        targets = np.zeros((num_rows, slots, num_targets or 0), np.int32)
         for i, row in enumerate(rows):
             r, a, n = packing.row[i], packing.offset[i], len(row.ids)
             ids[r, a: a + n] = row.ids
@@ -439,57 +496,67 @@ class Engine:
             mask[r, a: a + n, a: a + n] = True
             masked[r, packing.slot[i]] = a + row.position
             target[r, packing.slot[i]] = row.target
+            if kind == "topk_targets":
+                targets[r, packing.slot[i], : len(row.targets)] = row.targets
         # Padding tokens attend to themselves: no all-masked softmax row (NaN-free).
         free_row, free_token = np.nonzero(~mask.any(axis=-1))
         mask[free_row, free_token, free_token] = True
         k = 0
-        if kind == "topk":
+        if kind in _TOPK_KINDS:
             k = min(top_k, self.vocab_size if cand is None else len(cand))
-        step = self._packed_step(kind, k, cand is not None)
+        step = self._packed_step(kind, k, cand is not None, num_targets or 0)
         args = (self.params, ids, mask, positions, masked, target)
         if cand is not None:
             args += (cand,)
+        if kind == "topk_targets":
+            args += (targets,)
         with jax.set_mesh(self.mesh):
             out = step(*args)
         where = (np.asarray(packing.row), np.asarray(packing.slot))
         return jax.tree.map(lambda a: np.asarray(a)[where], out)
 
     def compile_shape(self, kind: str, rows: int, length: int, *, packed: bool = False,
-                      top_k: int | None = None) -> None:
+                      top_k: int | None = None, num_targets: int | None = None) -> None:
         """Compiles the step ``kind`` for a batch of ``rows`` x ``length`` tokens (``packed``:
         ``rows`` packed rows of ``length`` tokens, as :meth:`run_packed` runs them) without
         running it: a later batch of that shape finds it compiled. Warming a server this way
         costs compile time only, not a run of every shape (most of a warm start)."""
-        self._check_kind(kind, top_k, None)
-        k = min(top_k, self.vocab_size) if kind == "topk" else 0
+        self._check_kind(kind, top_k, None, num_targets)
+        k = min(top_k, self.vocab_size) if kind in _TOPK_KINDS else 0
+        t = num_targets or 0
         i32 = np.int32
         if packed:
             slots = self.pack_slots(length)
-            step = self._packed_step(kind, k, False)
+            step = self._packed_step(kind, k, False, t)
             args: tuple = (self.params, np.zeros((rows, length), i32),
                            np.zeros((rows, length, length), np.bool_),
                            np.zeros((rows, length), i32), np.zeros((rows, slots), i32),
                            np.zeros((rows, slots), i32))
+            if kind == "topk_targets":
+                args += (np.zeros((rows, slots, t), i32),)
         else:
-            step = self._step(kind, k, False)
+            step = self._step(kind, k, False, t)
             args = (self.params, np.zeros((rows, length), i32), np.zeros((rows, length), i32),
                     np.zeros((rows,), i32), np.zeros((rows,), i32))
+            if kind == "topk_targets":
+                args += (np.zeros((rows, t), i32),)
         if self.multiprocess:  # Inputs are global jax.Arrays there: run one batch instead.
             row = [Row([1] * (1 if packed else length), position=0)]
             if packed:
-                self.run_packed(kind, row, pack_length=length, num_rows=rows, top_k=top_k)
+                self.run_packed(kind, row, pack_length=length, num_rows=rows, top_k=top_k,
+                                num_targets=num_targets)
             else:
-                self.run_batch(kind, row * rows, top_k=top_k)
+                self.run_batch(kind, row * rows, top_k=top_k, num_targets=num_targets)
             return
         with jax.set_mesh(self.mesh):
             step.lower(*args).compile()
 
     # ---------------------------------------------------------------- host side
     def check(self, ids: Sequence[int], position: int | None = None,
-              target: int | None = None) -> None:
+              target: int | None = None, targets: Sequence[int] | None = None) -> None:
         """ValueError/TypeError naming the argument when a sequence is empty, longer than
         the engine accepts, holds ids outside the vocabulary, or its position (index into
-        ids) or target (a vocabulary id) is out of range."""
+        ids), target (a vocabulary id) or targets (vocabulary ids) are out of range."""
         if isinstance(ids, (str, bytes, Mapping)) or not hasattr(ids, "__len__"):
             raise TypeError(f"ids must be a sequence of integer token ids, got "
                             f"{type(ids).__name__}")
@@ -517,15 +584,33 @@ class Engine:
             if not 0 <= target < self.vocab_size:
                 raise ValueError(f"target {target} is outside the vocabulary "
                                  f"0..{self.vocab_size - 1}")
+        if targets is not None:
+            if isinstance(targets, (str, bytes, Mapping)) or not hasattr(targets, "__len__"):
+                raise TypeError(f"targets must be a sequence of integer token ids, got "
+                                f"{type(targets).__name__}")
+            tarr = np.asarray(targets)
+            if tarr.size:
+                if tarr.ndim != 1 or tarr.dtype.kind not in "iu":
+                    raise TypeError("targets must be a sequence of integer token ids")
+                low, high = int(tarr.min()), int(tarr.max())
+                if low < 0 or high >= self.vocab_size:
+                    bad = low if low < 0 else high
+                    raise ValueError(f"targets: token id {bad} is outside the vocabulary "
+                                     f"0..{self.vocab_size - 1}")
 
-    def _check_rows(self, rows: Any) -> list[Row]:
+    def _check_rows(self, rows: Any, num_targets: int | None = None) -> list[Row]:
+        """``rows`` as a list, each checked; ``num_targets``: the most targets a row may
+        have (the ``"topk_targets"`` step's T)."""
         if isinstance(rows, (Row, Mapping, str, bytes)) or not isinstance(rows, Iterable):
             raise TypeError(f"a group must be a sequence of Row, got {type(rows).__name__}")
         rows = list(rows)
         for row in rows:
             if not isinstance(row, Row):
                 raise TypeError(f"rows must be Row instances, got {type(row).__name__}")
-            self.check(row.ids, row.position, row.target)
+            self.check(row.ids, row.position, row.target, row.targets)
+            if num_targets is not None and len(row.targets) > num_targets:
+                raise ValueError(f"targets: {len(row.targets)} target ids; the step scores "
+                                 f"at most num_targets={num_targets}")
         return rows
 
     # ---------------------------------------------------------------- shape plans
@@ -577,7 +662,8 @@ class Engine:
     # ---------------------------------------------------------------- streaming
     def _run_window(self, kind: str, groups: list[list[Row]], top_k: int,
                     candidates: np.ndarray | None,
-                    progress: Callable[[int], None] | None) -> Iterator[Any]:
+                    progress: Callable[[int], None] | None,
+                    num_targets: int = 0) -> Iterator[Any]:
         flat = [(g, row) for g, rows in enumerate(groups) for row in rows]
         order = sorted(range(len(flat)), key=lambda i: len(flat[i][1].ids))
         batches = self._batches([len(flat[i][1].ids) for i in order])
@@ -618,7 +704,7 @@ class Engine:
             chunk = order[batch.start: batch.stop]
             rows = [flat[i][1] for i in chunk]
             pending.append((chunk, self._dispatch(kind, rows, batch.rows, batch.length,
-                                                  top_k, candidates)))
+                                                  top_k, candidates, num_targets)))
             if len(pending) > self.options.pipeline_depth:
                 finish()
                 yield from ready()
@@ -629,9 +715,11 @@ class Engine:
 
     def stream(self, kind: str, groups: Iterable[Sequence[Row]], *, top_k: int | None = None,
                candidates: Sequence[int] | None = None,
-               progress: Callable[[int], None] | None = None) -> Iterator[Any]:
+               progress: Callable[[int], None] | None = None,
+               num_targets: int | None = None) -> Iterator[Any]:
         """Yields, for each group of rows in input order, its outputs stacked: [rows, ...]
-        (``"topk"``: a pair (scores [rows, k], ids [rows, k]), best first).
+        (``"topk"``: a pair (scores [rows, k], ids [rows, k]), best first;
+        ``"topk_targets"``: a triple, those and target probabilities [rows, num_targets]).
 
         On a mesh over several processes' devices (:attr:`multiprocess`), every process
         must call this with the same groups (so that all form the same batches and launch
@@ -644,20 +732,22 @@ class Engine:
         with the number of groups it completed (in any order). TypeError for a group that
         is not a sequence of :class:`Row`, ValueError naming the bad argument otherwise.
         """
-        cand = self._check_kind(kind, top_k, candidates)
+        cand = self._check_kind(kind, top_k, candidates, num_targets)
         if isinstance(groups, (Mapping, str, bytes)) or not isinstance(groups, Iterable):
             raise TypeError(f"groups must be an iterable of sequences of Row, got "
                             f"{type(groups).__name__}")
         window: list[list[Row]] = []
         size = 0
         for group in groups:
-            window.append(self._check_rows(group))
+            window.append(self._check_rows(group, num_targets))
             size += len(window[-1])
             if size >= self.options.window:
-                yield from self._run_window(kind, window, top_k or 0, cand, progress)
+                yield from self._run_window(kind, window, top_k or 0, cand, progress,
+                                            num_targets or 0)
                 window, size = [], 0
         if window:
-            yield from self._run_window(kind, window, top_k or 0, cand, progress)
+            yield from self._run_window(kind, window, top_k or 0, cand, progress,
+                                        num_targets or 0)
 
     def run(self, kind: str, groups: Iterable[Sequence[Row]], **kwargs: Any) -> list[Any]:
         """:meth:`stream` as a list."""

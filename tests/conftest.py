@@ -177,6 +177,7 @@ LONGEST_FIRST = (
     "test_model.py",  # 54
     "test_finetune.py",  # 52
     "test_serve.py",  # 35
+    "test_serve_hostile.py",  # about 60 (ten server starts, two PostgreSQL servers)
     "test_faults.py",  # 35
     "test_train_safety.py",  # 30
     "test_guarantees.py",  # 29

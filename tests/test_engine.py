@@ -561,3 +561,62 @@ def test_packed_rows_equal_each_sequence_alone(mlm, layout):
         eng.run_packed("mean", rows, pack_length=32)
     with pytest.raises(ValueError, match=r"1\.\.32 tokens"):
         eng.run_packed("probs", [Row([5] * 33, position=0)], pack_length=32)
+
+
+# ------------------------------------------------------------------ top k with targets
+@pytest.mark.parametrize("layout", ["1dev", "data2_tensor4"])
+def test_topk_targets_equals_probs_then_host_top_k(mlm, layout):
+    """One step gives the top k over the whole vocabulary and the probabilities at each
+    row's own targets (0, 1 or T of them, padded to T): those of ``"probs"`` followed by a
+    host top k and gather, padded and packed; more than T targets are refused."""
+    model, params = mlm
+    eng = Engine(model, params, **OPTS, **LAYOUTS[layout])
+    rng = np.random.default_rng(4)
+    k, t = 5, 3
+    targets = [(), (17,), (2, 4000, 29999), (), (123,), (7, 8, 9)]
+    rows = [Row(list(rng.integers(5, CONFIG.vocab_size, n)), position=int(rng.integers(n)),
+                targets=targets[i % len(targets)])
+            for i, n in enumerate((1, 3, 9, 13, 17, 24, 30, 31))]
+    for out, probs in (
+        (eng.run_batch("topk_targets", rows[:4], top_k=k, num_targets=t),
+         eng.run_batch("probs", rows[:4])),
+        (eng.run_packed("topk_targets", rows, pack_length=32, top_k=k, num_targets=t),
+         eng.run_packed("probs", rows, pack_length=32)),
+    ):
+        scores, ids, target_probs = out
+        n = len(probs)
+        assert scores.shape == ids.shape == (n, k) and target_probs.shape == (n, t)
+        assert scores.dtype == target_probs.dtype == np.float32
+        np.testing.assert_array_equal(ids, np.argsort(-probs, axis=1, kind="stable")[:, :k])
+        np.testing.assert_allclose(scores, np.take_along_axis(probs, ids, 1), atol=1e-6)
+        for i in range(n):
+            padded = np.zeros(t, np.int64)
+            padded[: len(rows[i].targets)] = rows[i].targets  # Padding reads id 0.
+            np.testing.assert_allclose(target_probs[i], probs[i][padded], atol=1e-6)
+    too_many = [Row([2, 10, 3], position=1, targets=(1, 2, 3, 4))]
+    with pytest.raises(ValueError, match="at most num_targets=3"):
+        eng.run_batch("topk_targets", too_many, top_k=k, num_targets=t)
+    with pytest.raises(ValueError, match="at most num_targets=3"):
+        eng.run_packed("topk_targets", too_many, pack_length=32, top_k=k, num_targets=t)
+    with pytest.raises(ValueError, match="targets: token id 30000 is outside"):
+        eng.run_batch("topk_targets", [Row([2, 10, 3], targets=(30000,))], top_k=k,
+                      num_targets=t)
+    with pytest.raises(ValueError, match="num_targets must be a non-negative integer"):
+        eng.run_batch("topk_targets", rows[:1], top_k=k)
+    with pytest.raises(ValueError, match="num_targets applies to the 'topk_targets' step"):
+        eng.run_batch("topk", rows[:1], top_k=k, num_targets=t)
+
+
+def test_topk_targets_compiled_ahead_is_reused(mlm):
+    """compile_shape for the new step, padded and packed: running those shapes traces
+    nothing more."""
+    model, params = mlm
+    eng = Engine(model, params, **OPTS, data=1, devices=jax.devices()[:1])
+    eng.compile_shape("topk_targets", 2, 16, top_k=4, num_targets=2)
+    eng.compile_shape("topk_targets", 1, 32, packed=True, top_k=4, num_targets=2)
+    traces = eng.num_traces
+    rows = [Row([2, 10, 11, 3], position=1, targets=(5,)), Row([2] * 12, position=3)]
+    scores, ids, target_probs = eng.run_batch("topk_targets", rows, top_k=4, num_targets=2)
+    eng.run_packed("topk_targets", rows, pack_length=32, num_rows=1, top_k=4, num_targets=2)
+    assert eng.num_traces == traces
+    assert scores.shape == ids.shape == (2, 4) and target_probs.shape == (2, 2)

@@ -778,6 +778,17 @@ async def _clients(url: str, key: str, n_clients: int, stop, answers: list, text
         await asyncio.gather(*(loop(client, j) for j in range(n_clients)))
 
 
+def _wait_log(server, text: str, timeout: float = 10.0) -> str:
+    """The server's log once it holds ``text`` (an access line is written after its answer
+    is sent), or as it is after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while text not in (log := server.log()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return log
+
+
 # ---------------------------------------------------------------------- billing
 class TestBilling:
     """Billing exactly once: an answered request's row is committed before its answer
@@ -1009,3 +1020,376 @@ class TestBilling:
             if server is not None:
                 server.kill()
             pg.stop()
+
+
+# ---------------------------------------------------------------------- untrusted strings
+class TestUntrustedStrings:
+    """Paths, targets and key names are the client's: the ledger stores the route and a
+    served model or one fixed marker, never the raw path; the access log escapes control
+    characters and bounds lengths; unknown targets log nothing (on PostgreSQL, where a NUL
+    or an over-long string in an insert fails the whole transaction)."""
+
+    JUNK = ("/models/" + "x" * 300, "/v1/inference/a%00b", "/models/%0d%0aFORGED%20line",
+            "/v1/inference/%1b%5b31mred", "/models/%e2%80%aeevil")
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def pg_server(cls, tmp_path_factory):
+        from serve_util import Postgres
+
+        pg = Postgres()
+        root = tmp_path_factory.mktemp("strings")
+        server = None
+        try:
+            model = tiny_model(root / "tiny")
+            key = cli("keys", "create", "--db", pg.url, "--name", "s").stdout.strip()
+            server = Server([*_server_args(model, pg.url, jax_cache_dir(tmp_path_factory)),
+                             "--allow-anonymous"], root, "strings")
+            server.wait_ready()
+            yield dict(server=server, url=pg.url, key=key)
+        finally:
+            if server is not None:
+                server.kill()
+            pg.stop()
+
+    def test_junk_paths_never_reach_the_ledger(self, pg_server) -> None:
+        server, url, key = pg_server["server"], pg_server["url"], pg_server["key"]
+        before = set(_ledger(url))
+        billed, junk = [], []
+        for i in range(15):  # 15 billed requests with junk among them, keyed and not
+            billed.append(httpx.post(server.url + "/v1/inference/tiny",
+                                     json={"input": f"{i} [MASK] here"}, headers=auth(key)))
+            path = self.JUNK[i % len(self.JUNK)]
+            junk.append(httpx.post(server.url + path, json={"inputs": "a [MASK]"},
+                                   headers=auth(key) if i % 2 else {}))
+        assert [r.status_code for r in billed] == [200] * 15
+        # 404, or 422 where the body is not that route's shape: refused either way.
+        assert {r.status_code for r in junk} <= {404, 422} and junk[0].status_code == 404
+        for r in junk:
+            assert "FORGED line" not in r.text.replace("\\r\\n", "")  # echoed escaped, if at all
+        rows = {k: v for k, v in _ledger(url).items() if k not in before}
+        assert len(rows) == 30
+        for r in billed:
+            row = rows[r.headers["x-request-id"]]
+            assert (row["status"], row["model"]) == (200, "tiny")
+        for r in junk:
+            row = rows[r.headers["x-request-id"]]
+            assert (row["status"], row["model"]) == (r.status_code, "(unknown)")
+            assert row["endpoint"] in ("POST /models/{model}", "POST /v1/inference/{model}")
+
+    def test_the_access_log_shows_paths_escaped_and_bounded(self, pg_server) -> None:
+        server = pg_server["server"]
+        for path in self.JUNK:
+            httpx.post(server.url + path, json={"inputs": "a [MASK]"})
+        httpx.get(server.url + "/x" * 400 + "%0aFORGED")
+        log = _wait_log(server, "/x/x/x")
+        assert not any(line.startswith("FORGED") for line in log.splitlines())
+        assert "\x1b" not in log and "\u202e" not in log
+        assert max(len(line) for line in log.splitlines()) < 600
+
+    def test_client_addresses_are_not_taken_from_headers(self, pg_server) -> None:
+        """Anonymous calls are limited per client address (60 inputs a minute); without
+        --forwarded-allow-ips a spoofed X-Forwarded-For changes nothing."""
+        import asyncio
+        import time
+
+        server = pg_server["server"]
+
+        async def run():
+            async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+                async def one(i):
+                    r = await client.post("/v1/inference/tiny", json={"input": "a [MASK]"},
+                                          headers={"X-Forwarded-For": f"10.0.0.{i}"})
+                    return r.status_code
+                return await asyncio.gather(*(one(i) for i in range(100)))
+
+        start = time.monotonic()
+        codes = asyncio.run(run())
+        refilled = time.monotonic() - start + 1  # a token a second
+        assert set(codes) == {200, 429}
+        assert codes.count(200) <= 60 + refilled, (codes.count(200), refilled)
+
+    def test_unknown_targets_log_nothing(self, pg_server) -> None:
+        server, key = pg_server["server"], pg_server["key"]
+        before = server.log().count("\n")
+        targets = [f"zz{i}qx" for i in range(100)]  # no vocabulary piece: first pieces used
+        r = httpx.post(server.url + "/v1/inference/tiny",
+                       json={"input": "a [MASK]", "targets": targets}, headers=auth(key))
+        assert r.status_code == 200, r.text
+        log = _wait_log(server, r.headers["x-request-id"])
+        assert log.count("\n") - before == 1  # the access line, nothing else
+
+    def test_a_hostile_key_name_is_escaped_in_the_log(self, pg_server) -> None:
+        """A key created before names were checked (inserted directly) with a terminal
+        escape and a newline in its name."""
+        import sqlalchemy as sa
+
+        from albert_jax.serving import db
+
+        engine = sa.create_engine(pg_server["url"])
+        key = "ajk_hostile-name-key"
+        with engine.begin() as conn:
+            conn.execute(db.api_keys.insert().values(
+                name="ev\x1b[2Jil\nFORGED", key_hash=db.hash_key(key), prefix=key[:8],
+                rate_limit=None, created_at=db.now()))
+        engine.dispose()
+        server = pg_server["server"]
+        assert httpx.post(server.url + "/v1/inference/tiny", json={"input": "a [MASK]"},
+                          headers=auth(key)).status_code == 200
+        log = _wait_log(server, "key=ev\\x1b[2Jil\\nFORGED")
+        assert "key=ev\\x1b[2Jil\\nFORGED" in log and "\x1b" not in log
+
+
+# ---------------------------------------------------------------------- admission
+class TestAdmission:
+    """Per-request caps (413/422 naming the limit, never 429), rate limits that count
+    inputs, fair shares of the queue and fair order, usage reads that wait for nothing,
+    unknown keys refused from memory, metrics on their own port."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def server(cls, tmp_path_factory):
+        from serve_util import free_port
+
+        root = tmp_path_factory.mktemp("admission")
+        model = tiny_model(root / "tiny")
+        db = f"sqlite:///{root / 'ledger.db'}"
+        keys = {name: cli("keys", "create", "--db", db, "--name", name).stdout.strip()
+                for name in ("heavy", "light")}
+        keys["rate5"] = cli("keys", "create", "--db", db, "--name", "rate5",
+                            "--rate-limit", "5").stdout.strip()
+        metrics_port = free_port()
+        server = Server([*_server_args(model, db, jax_cache_dir(tmp_path_factory)),
+                         "--max-client-batch-size", "4", "--max-targets", "3",
+                         "--max-top-k", "10", "--max-queue", "16", "--allow-anonymous",
+                         "--forwarded-allow-ips", "127.0.0.1",
+                         "--metrics-port", str(metrics_port)], root, "admission")
+        try:
+            server.wait_ready()
+            yield dict(server=server, keys=keys, db=db, metrics_port=metrics_port)
+        finally:
+            server.kill()
+
+    @pytest.mark.parametrize(("body", "status", "named"), [
+        ({"inputs": ["a [MASK]"] * 5}, 413, "--max-client-batch-size"),
+        ({"inputs": "a [MASK]", "parameters": {"targets": ["a", "b", "c", "d"]}}, 413,
+         "--max-targets"),
+        ({"inputs": "a [MASK]", "parameters": {"top_k": 11}}, 422, "--max-top-k"),
+        ({"inputs": ["a [MASK]"] * 20000}, 413, "--max-client-batch-size"),
+    ])
+    def test_caps_name_their_limit(self, server, body, status, named) -> None:
+        r = httpx.post(server["server"].url + "/models/tiny", json=body,
+                       headers=auth(server["keys"]["light"]), timeout=30)
+        assert r.status_code == status, r.text
+        assert named in r.json()["error"]
+        assert "retry-after" not in r.headers
+
+    def test_caps_are_admitted_at_the_limit(self, server) -> None:
+        r = httpx.post(server["server"].url + "/models/tiny",
+                       json={"inputs": ["a [MASK]"] * 4,
+                             "parameters": {"top_k": 10, "targets": ["▁a", "▁b", "▁c"]}},
+                       headers=auth(server["keys"]["light"]), timeout=30)
+        assert r.status_code == 200, r.text
+        assert [len(x) for x in r.json()] == [3, 3, 3, 3]
+
+    def test_rate_limit_counts_inputs(self, server) -> None:
+        url, key = server["server"].url, server["keys"]["rate5"]  # 5 inputs a minute
+        big = httpx.post(url + "/models/tiny", json={"inputs": ["a [MASK]"] * 4},
+                         headers=auth(key))
+        assert big.status_code == 200
+        more = httpx.post(url + "/models/tiny", json={"inputs": ["a [MASK]"] * 2},
+                          headers=auth(key))
+        assert more.status_code == 429 and more.json()["error_type"] == "rate_limited"
+        one = httpx.post(url + "/models/tiny", json={"inputs": "a [MASK]"}, headers=auth(key))
+        assert one.status_code == 200
+
+    def test_a_heavy_key_neither_starves_nor_overtakes_a_light_one(self, server) -> None:
+        """16 concurrent clients of one key send 4 inputs each, one client of another key
+        single inputs: the light key is never refused (a share of the queue is kept for
+        it) and waits less than the heavy one (fair order, not arrival order)."""
+        import asyncio
+        import time
+
+        url, keys = server["server"].url, server["keys"]
+        results: dict[str, list] = {"heavy": [], "light": []}
+
+        async def loop(client, name, inputs, until):
+            while time.monotonic() < until:
+                start = time.perf_counter()
+                r = await client.post("/models/tiny", json={"inputs": inputs},
+                                      headers=auth(keys[name]))
+                results[name].append((r.status_code, time.perf_counter() - start))
+                if name == "light":
+                    await asyncio.sleep(0.05)
+
+        async def run():
+            until = time.monotonic() + 6
+            async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+                await asyncio.gather(
+                    *(loop(client, "heavy", ["the [MASK] is here"] * 4, until)
+                      for _ in range(16)),
+                    loop(client, "light", "a [MASK]", until))
+
+        asyncio.run(run())
+        heavy = [s for s, _ in results["heavy"]]
+        light = [s for s, _ in results["light"]]
+        assert 429 in heavy and 200 in heavy  # the heavy key met its share...
+        assert set(light) == {200} and len(light) >= 5  # ...the light one never did
+        heavy_ok = sorted(t for s, t in results["heavy"] if s == 200)
+        light_ok = sorted(t for _, t in results["light"])
+        assert light_ok[len(light_ok) // 2] < heavy_ok[len(heavy_ok) // 2]
+
+    def test_usage_is_committed_when_the_answer_arrives(self, server) -> None:
+        url, key = server["server"].url, server["keys"]["light"]
+
+        def requests() -> int:
+            days = httpx.get(url + "/v1/usage", headers=auth(key)).json()["days"]
+            return sum(d["requests"] for d in days)
+
+        before = requests()
+        assert httpx.post(url + "/models/tiny", json={"inputs": "a [MASK]"},
+                          headers=auth(key)).status_code == 200
+        assert requests() == before + 1  # no flush to wait for
+
+    def test_forwarded_addresses_from_a_trusted_proxy(self, server) -> None:
+        """With --forwarded-allow-ips 127.0.0.1, X-Forwarded-For names the client: each
+        address has its own anonymous budget."""
+        url = server["server"].url
+        codes = [httpx.post(url + "/models/tiny", json={"inputs": "a [MASK]"},
+                            headers={"X-Forwarded-For": f"10.1.{i // 250}.{i % 250}"}
+                            ).status_code for i in range(70)]
+        assert set(codes) == {200}
+
+    def test_metrics_on_their_own_port(self, server) -> None:
+        main = httpx.get(server["server"].url + "/metrics")
+        assert main.status_code == 404
+        own = httpx.get(f"http://127.0.0.1:{server['metrics_port']}/metrics")
+        assert own.status_code == 200 and "albert_requests_total" in own.text
+        assert "albert_ledger_commit_seconds" in own.text
+
+    def test_unknown_keys_are_refused_from_memory(self, tmp_path) -> None:
+        """100 requests with one wrong key cost one database lookup (a real SQLite
+        database; the statements counted by SQLAlchemy's event hook)."""
+        import asyncio
+
+        import sqlalchemy as sa
+
+        from albert_jax.serving import db
+        from albert_jax.serving.errors import ServiceError
+        from albert_jax.serving.metrics import Metrics
+        from albert_jax.serving.service import RequestContext, Service, ServiceOptions
+
+        engine = db.connect(f"sqlite:///{tmp_path / 'k.db'}")
+        served = type("Served", (), {})()
+        service = Service({"m": served}, engine, ServiceOptions(), Metrics())
+        lookups = []
+        sa.event.listen(engine, "before_cursor_execute",
+                        lambda conn, cursor, statement, *rest: lookups.append(statement)
+                        if "api_keys" in statement else None)
+
+        async def run():
+            for _ in range(100):
+                with pytest.raises(ServiceError, match="unknown API key"):
+                    await service.authenticate("Bearer ajk_wrong", "c", RequestContext("r", 0))
+
+        try:
+            asyncio.run(run())
+        finally:
+            service.ledger.close()
+        assert len(lookups) == 1
+
+
+# ---------------------------------------------------------------------- start-up
+class TestStartup:
+    """Start-up says what it compiles, /ready probes stay out of the access log, and
+    /ready turns 503 when the engine thread dies."""
+
+    def test_progress_logged_and_probes_quiet(self, tmp_path_factory) -> None:
+        import re
+
+        root = tmp_path_factory.mktemp("startup")
+        model = tiny_model(root / "tiny")
+        db = f"sqlite:///{root / 'ledger.db'}"
+        server = Server(_server_args(model, db, jax_cache_dir(tmp_path_factory)), root, "s")
+        try:
+            server.wait_ready()
+            for _ in range(5):
+                assert httpx.get(server.url + "/ready").status_code == 200
+            httpx.get(server.url + "/v1/models")
+            log = _wait_log(server, '"GET /v1/models" 200')
+        finally:
+            server.kill()
+
+        total = re.search(r"tiny: compiling (\d+) shapes", log)
+        assert total, log
+        assert f"tiny: {total.group(1)}/{total.group(1)} shapes compiled" in log
+        assert '"GET /ready"' not in log and '"GET /v1/models" 200' in log
+
+    def test_a_dead_engine_thread_makes_ready_503(self, tmp_path) -> None:
+        import threading
+        import time
+
+        import uvicorn
+        from serve_util import free_port
+
+        from albert_jax.serving.app import create_app
+        from albert_jax.serving.server import ServeConfig, build_service
+
+        model = tiny_model(tmp_path / "tiny")
+        service = build_service(ServeConfig(models=[f"tiny={model}"],
+                                            db=f"sqlite:///{tmp_path / 'd.db'}",
+                                            max_batch_size=1, length_buckets=(32,),
+                                            max_length=32))
+        batcher = service.models["tiny"].batcher
+
+        def broken():  # a bug outside the guarded engine call
+            raise RuntimeError("boom in the batcher")
+
+        batcher._next_batch = broken
+        service.start()
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1",
+                                               port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        try:
+            assert batcher.ready.wait(120)
+            deadline = time.monotonic() + 30
+            while (batcher.alive or not server.started) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ready = httpx.get(f"http://127.0.0.1:{port}/ready")
+            assert ready.status_code == 503, ready.text
+            assert "engine" in ready.json()["error"]
+            r = httpx.post(f"http://127.0.0.1:{port}/v1/inference/tiny",
+                           json={"input": "a [MASK]"})
+            assert r.status_code == 503  # fast, not a 30 s timeout
+        finally:
+            server.should_exit = True
+            thread.join(30)
+            service.close()
+
+    def test_an_idle_connection_stays_usable(self, tmp_path_factory) -> None:
+        """A keep-alive connection idle for 6 s still takes a request (uvicorn's default
+        closes it after 5 s: a client that sends just then loses its request)."""
+        import http.client
+        import time
+
+        root = tmp_path_factory.mktemp("keepalive")
+        model = tiny_model(root / "tiny")
+        server = Server(_server_args(model, f"sqlite:///{root / 'l.db'}",
+                                     jax_cache_dir(tmp_path_factory)), root, "k")
+        try:
+            server.wait_ready()
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            try:
+                conn.request("GET", "/health")
+                assert conn.getresponse().read() == b'{"status":"ok"}'
+                sock = conn.sock
+                time.sleep(6)
+                conn.request("GET", "/health")  # the same connection, not a new one
+                assert conn.sock is sock
+                assert conn.getresponse().read() == b'{"status":"ok"}'
+            finally:
+                conn.close()
+        finally:
+            server.kill()

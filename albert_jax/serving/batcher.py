@@ -19,6 +19,11 @@ itself), and any of them may ride together, so a batch costs its tokens rather t
 its longest row. Row counts of packed batches come in fine steps
 (:meth:`~albert_jax.engine.Engine.pack_row_buckets`). Longer rows are batched as above.
 
+Every batch runs the engine step ``"topk_targets"``: the ``top_k`` best (score, id) over the
+vocabulary and the probabilities at the row's own targets (up to ``num_targets``), chosen
+on the device, so 2k + T numbers per row come back to the host instead of V, and rows with
+and without targets share batches and one compiled step per shape.
+
 A batch's device time is shared among its rows in proportion to their tokens: that share
 is what a request is billed.
 
@@ -54,10 +59,11 @@ class QueueFull(Exception):  # noqa: N818 - the name says what the caller sees
 
 @dataclasses.dataclass
 class RowResult:
-    """One row's outputs: the step's output ([V] probabilities for ``"probs"``), its billed
-    share of the batch's device time, and how long it queued."""
+    """One row's outputs: the step's output (``"topk_targets"``: scores [K] and ids [K] best
+    first, and the probabilities [T] at ``row.targets`` then at the padding id 0), its
+    billed share of the batch's device time, and how long it queued."""
 
-    output: np.ndarray
+    output: tuple[np.ndarray, np.ndarray, np.ndarray]
     runtime_s: float
     queue_s: float
     batch_rows: int
@@ -74,17 +80,27 @@ class _Item:
 
 
 class Batcher:
-    """Queues rows for one engine step and runs them in dynamic batches on its own thread."""
+    """Queues rows for one engine step and runs them in dynamic batches on its own thread.
 
-    def __init__(self, engine: Engine, *, name: str, kind: str = "probs",
-                 max_batch_size: int = 32, max_batch_tokens: int = 8192,
-                 max_wait_s: float = 0.002, max_queue: int = 512,
-                 pack_length: int | None = None, metrics: Metrics | None = None,
-                 compile_threads: int = 2) -> None:
+    ``top_k``: the K best every row gets (the most a request may ask for); ``num_targets``:
+    the most targets a row may carry (T). Both are static: one compiled step per shape.
+    """
+
+    def __init__(self, engine: Engine, *, name: str, top_k: int = 100,
+                 num_targets: int = 100, max_batch_size: int = 32,
+                 max_batch_tokens: int = 8192, max_wait_s: float = 0.002,
+                 max_queue: int = 512, pack_length: int | None = None,
+                 metrics: Metrics | None = None, compile_threads: int = 2) -> None:
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
+        if isinstance(num_targets, bool) or not isinstance(num_targets, int) or num_targets < 0:
+            raise ValueError(f"num_targets must be a non-negative integer, got {num_targets!r}")
         self.engine = engine
         self.compile_threads = compile_threads
         self.name = name
-        self.kind = kind
+        self.kind = "topk_targets"
+        self.top_k = top_k
+        self.num_targets = num_targets
         self.max_batch_size = min(max_batch_size, engine.batch_size)
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_s
@@ -100,7 +116,7 @@ class Batcher:
         # Packing: rows up to pack_length tokens share rows, at most pack_buckets[-1] of them.
         self.pack_length = None
         self.pack_buckets: tuple[int, ...] = ()
-        if pack_length and kind in PACKED_KINDS:
+        if pack_length and self.kind in PACKED_KINDS:
             self.pack_length = pack_length  # Longer than max_length is fine: positions restart.
             cap = max(min(self.max_batch_size * self.pack_length, max_batch_tokens),
                       self.pack_length)
@@ -176,12 +192,15 @@ class Batcher:
         """Queues ``rows`` of ``owner`` (all or none); a future of a :class:`RowResult` per row.
 
         QueueFull when the queue, or ``owner``'s share of it, cannot take them all now;
-        ValueError for a row longer than any batch holds (callers check :attr:`max_length`
-        first, with a better message).
+        ValueError for a row longer than any batch holds or with more than ``num_targets``
+        targets (callers check :attr:`max_length` and their target cap first, with better
+        messages): one such row in a batch would fail all of it.
         """
         for row in rows:
             if not 0 < len(row.ids) <= self.max_length:
                 raise ValueError(f"{len(row.ids)} tokens: outside 1..{self.max_length}")
+            if len(row.targets) > self.num_targets:
+                raise ValueError(f"{len(row.targets)} targets: more than {self.num_targets}")
         if self.failure is not None or (self._thread.ident is not None and not self.alive):
             raise RuntimeError("the engine thread has ended")
         now = time.perf_counter()
@@ -241,7 +260,8 @@ class Batcher:
 
         def compile_one(shape: tuple[int, int]) -> None:
             b, n = shape  # n < 0: b packed rows of -n tokens
-            self.engine.compile_shape(self.kind, b, abs(n), packed=n < 0)
+            self.engine.compile_shape(self.kind, b, abs(n), packed=n < 0, top_k=self.top_k,
+                                      num_targets=self.num_targets)
             with self._cond:
                 self.compiled += 1
                 done = self.compiled
@@ -391,9 +411,11 @@ class Batcher:
             if self._packable(len(rows[0].ids)):
                 out = self.engine.run_packed(
                     self.kind, rows, pack_length=self.pack_length,
-                    num_rows=self._packed_rows([len(r.ids) for r in rows]))
+                    num_rows=self._packed_rows([len(r.ids) for r in rows]),
+                    top_k=self.top_k, num_targets=self.num_targets)
             else:
-                out = self.engine.run_batch(self.kind, rows)
+                out = self.engine.run_batch(self.kind, rows, top_k=self.top_k,
+                                            num_targets=self.num_targets)
         except BaseException as e:  # A bug: every request of the batch learns of it.
             logger.exception("engine batch of %d rows failed", len(batch))
             for item in batch:
@@ -412,5 +434,7 @@ class Batcher:
             queue_s = start - item.enqueued
             if self.metrics is not None:
                 self.metrics.queue_seconds.labels(self.name).observe(queue_s)
-            item.future.set_result(RowResult(output=out[i], runtime_s=device_s * tokens[i] / total,
+            output = tuple(a[i] for a in out)  # (scores [K], ids [K], target probs [T])
+            item.future.set_result(RowResult(output=output,
+                                             runtime_s=device_s * tokens[i] / total,
                                              queue_s=queue_s, batch_rows=len(batch)))

@@ -85,14 +85,19 @@ def load_model(spec: str, *, price_per_second: float, max_batch_size: int,
                max_batch_tokens: int, max_wait_ms: float, max_queue: int,
                metrics: Metrics, dtype: str = "float32", data: int = -1, tensor: int = 1,
                cache_dir: str | None = None, length_buckets: tuple[int, ...] | None = None,
-               max_length: int | None = None, pack_length: int | None = 64) -> ServedModel:
-    """Loads ``spec`` (``[ALIAS=]NAME_OR_DIR``) and builds its engine and batcher (not started)."""
+               max_length: int | None = None, pack_length: int | None = 64,
+               top_k: int = 100, num_targets: int = 100) -> ServedModel:
+    """Loads ``spec`` (``[ALIAS=]NAME_OR_DIR``) and builds its engine and batcher (not started).
+
+    ``top_k`` and ``num_targets``: the most completions and targets a request may ask for
+    (every batch computes that many on the device)."""
     name, source = parse_model_spec(spec)
     kwargs: dict[str, Any] = dict(batch_size=max_batch_size, data=data, tensor=tensor,
                                   cache_dir=cache_dir, dtype=dtype, max_length=max_length,
                                   length_buckets=tuple(length_buckets or SERVE_LENGTH_BUCKETS))
     fill_mask = FillMask.from_pretrained(source, **kwargs)
-    batcher = Batcher(fill_mask.engine, name=name, max_batch_size=max_batch_size,
+    batcher = Batcher(fill_mask.engine, name=name, top_k=top_k, num_targets=num_targets,
+                      max_batch_size=max_batch_size,
                       max_batch_tokens=max_batch_tokens, max_wait_s=max_wait_ms / 1000.0,
                       max_queue=max_queue, pack_length=pack_length or None, metrics=metrics)
     return ServedModel(name=name, source=source, fill_mask=fill_mask, batcher=batcher,

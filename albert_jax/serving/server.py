@@ -30,6 +30,13 @@ from albert_jax.serving.service import Service, ServiceOptions
 
 logger = logging.getLogger(__name__)
 
+# How long an idle keep-alive connection stays open. uvicorn's default, 5 s, is shorter
+# than the idle gaps of a busy client's connection pool (answers take seconds under load):
+# the server then closes a connection just as the client sends its next request on it,
+# and that request fails on the client with a read error, never reaching the server.
+# Longer than the load balancers' usual idle timeouts (60 s), as nginx's default is.
+KEEP_ALIVE_S = 75
+
 
 @dataclasses.dataclass
 class ServeConfig:
@@ -107,7 +114,8 @@ def build_service(cfg: ServeConfig) -> Service:
             max_batch_tokens=cfg.max_batch_tokens, max_wait_ms=cfg.max_wait_ms,
             max_queue=cfg.max_queue, metrics=metrics, dtype=cfg.dtype, data=cfg.data,
             tensor=cfg.tensor, cache_dir=cfg.cache_dir, length_buckets=cfg.length_buckets,
-            max_length=cfg.max_length, pack_length=cfg.pack_length)
+            max_length=cfg.max_length, pack_length=cfg.pack_length, top_k=cfg.max_top_k,
+            num_targets=cfg.max_targets)
         if served.name in models:
             raise ValueError(f"two models are served as {served.name!r}: give one an alias "
                              "(--model ALIAS=NAME_OR_DIR)")
@@ -183,6 +191,7 @@ def _serve(cfg: ServeConfig) -> int:
     # 127.0.0.1: a local client could pick its own address, and its rate limit with it).
     config = uvicorn.Config(app, host=cfg.host, port=cfg.port, access_log=False,
                             log_level="warning", timeout_graceful_shutdown=30,
+                            timeout_keep_alive=KEEP_ALIVE_S,
                             proxy_headers=cfg.forwarded_allow_ips is not None,
                             forwarded_allow_ips=cfg.forwarded_allow_ips or "")
     server = DrainingServer(config, service, drain_timeout=cfg.request_timeout_s + 30)

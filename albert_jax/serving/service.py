@@ -267,14 +267,14 @@ class Service:
         if self.draining:
             raise ServiceError(503, "draining", "the server is shutting down: retry on "
                                "another replica", {"Retry-After": "1"})
-        if not self.ready:
-            done, total = self.compile_progress()
-            raise ServiceError(503, "not_ready", f"the server is compiling its models "
-                               f"({done} of {total} shapes done)", {"Retry-After": "5"})
         reason = self.unhealthy()
         if reason is not None:
             raise ServiceError(503, "unavailable", f"{reason}: retry shortly",
                                {"Retry-After": "2"})
+        if not self.ready:
+            done, total = self.compile_progress()
+            raise ServiceError(503, "not_ready", f"the server is compiling its models "
+                               f"({done} of {total} shapes done)", {"Retry-After": "5"})
 
     def _unavailable(self, error: BaseException) -> ServiceError:
         self.ledger.set_unhealthy(error)  # Fail fast until the probe sees it answer.
@@ -413,7 +413,9 @@ class Service:
         except ValueError as e:
             raise ServiceError(400, "invalid_input", str(e)) from None
         ctx.tokens = sum(len(p.ids) for p in prepared)
-        rows = [Row(p.ids, position=p.mask_index) for p in prepared]  # as FillMask runs them
+        rows = [Row(p.ids, position=p.mask_index,  # as FillMask runs them
+                    targets=() if target_ids is None else tuple(target_ids.tolist()))
+                for p in prepared]
         try:
             futures = served.batcher.submit(rows, owner=caller.bucket)
         except QueueFull as e:
@@ -434,8 +436,17 @@ class Service:
         fm = served.fill_mask
 
         def encode() -> bytes:  # Off the event loop: 32 inputs x 100 records is real work.
-            answers = [fm.format(p, r.output, top_k, target_ids)
-                       for p, r in zip(prepared, results, strict=True)]
+            answers = []
+            for p, r in zip(prepared, results, strict=True):
+                scores, ids, target_probs = r.output  # [K], [K], [T] from the device
+                if target_ids is None:  # Best first already; K >= top_k (the server's cap).
+                    answers.append(fm.format_top_k(p, scores[:top_k], ids[:top_k]))
+                    continue
+                # Ranked as FillMask ranks them (lax.top_k over the ascending target ids:
+                # ties, lower id first); the entries past the targets are padding (id 0).
+                probs = target_probs[: len(target_ids)]
+                best = np.argsort(-probs, kind="stable")[:top_k]
+                answers.append(fm.format_top_k(p, probs[best], target_ids[best]))
             return json.dumps(render(answers), ensure_ascii=False,
                               allow_nan=False).encode("utf-8")
 
