@@ -202,6 +202,13 @@ def main() -> None:
               f"{args.minutes:g} minutes, {args.clients} keyed clients, 2 hostile, 1 usage "
               "reader", flush=True)
         asyncio.run(run(url, keys, db_url, proc.pid, args))
+        metrics = httpx.get(url + "/metrics").text
+        commits = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                      if line.startswith("albert_ledger_commit_seconds_count"))
+        answered = sum(float(line.split()[-1]) for line in metrics.splitlines()
+                       if line.startswith("albert_requests_total") and 'status="200"' in line)
+        print(f"\nledger transactions {commits:.0f} for {answered:.0f} answered requests "
+              f"(and the failed requests' rows)", flush=True)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(120)

@@ -367,13 +367,20 @@ def test_usage_endpoint_and_cli(env):
     a, key = env["a"], env["keys"]["bob"]
     before = httpx.get(a.url + "/v1/usage", headers=auth(key)).json()
     ok = [post(a, "/v1/inference/tiny", {"input": t}, key) for t in TEXTS[:3]]
-    post(a, "/v1/inference/tiny", {"input": "no mask"}, key)
+    # Answered requests' rows are committed before their answers: there at once.
     after = httpx.get(a.url + "/v1/usage", headers=auth(key)).json()
     assert after["key"] == "bob"
 
     def total(usage, field):
         return sum(d[field] for d in usage["days"] if d["model"] == "tiny")
 
+    assert total(after, "requests") - total(before, "requests") == 3
+    post(a, "/v1/inference/tiny", {"input": "no mask"}, key)
+    deadline = time.monotonic() + 10  # A failed request's row is written after its answer.
+    while total(after, "requests") - total(before, "requests") < 4 and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+        after = httpx.get(a.url + "/v1/usage", headers=auth(key)).json()
     assert total(after, "requests") - total(before, "requests") == 4
     assert total(after, "failed") - total(before, "failed") == 1
     billed = sum(r.json()["inference_status"]["runtime_ms"] for r in ok) / 1000

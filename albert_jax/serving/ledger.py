@@ -5,11 +5,15 @@ Two kinds of rows:
 - **billed rows** (:meth:`Ledger.commit`): an answered request's row. The caller waits for
   its future before the answer leaves, so an answer is never sent for a row that is not
   committed: a ``kill -9`` at any moment loses no answered request's row. Rows that arrive
-  while a transaction is in flight go into the next one (group commit): under load the
-  cost is one commit per engine batch or less, not one per request.
+  while a transaction is in flight go into the next one (group commit), and the requests
+  of one engine batch come together: each announces its row (:meth:`Ledger.expecting`)
+  when its batch is done, and the writer waits for the announced rows (at most
+  ``linger_s``) before it commits, so the cost is about one commit per engine batch, not
+  one per request.
 - **audit rows** (:meth:`Ledger.record`): failed requests (nothing billed). Written in the
   same groups, never waited for, kept in a bounded buffer while the database is down and
-  dropped (counted) beyond it, so an unauthenticated flood cannot grow memory.
+  dropped (counted) beyond it, so an unauthenticated flood cannot grow memory; gathered
+  for up to ``audit_linger_s`` into one transaction.
 
 A billed row's waiter may give up (the database hangs: a stopped server, a lost network
 path). A row it gave up on before its transaction began is never written; one already in
@@ -64,13 +68,17 @@ class Ledger:
     """Group-committing writer of usage rows (billed rows waited for, audit rows not)."""
 
     def __init__(self, engine: sa.Engine, *, batch: int = 512, max_audit: int = 10_000,
-                 probe_s: float = 1.0,
+                 probe_s: float = 1.0, linger_s: float = 0.005,
+                 audit_linger_s: float = 0.05,
                  on_write: Callable[[int, float], None] | None = None,
                  on_drop: Callable[[int], None] | None = None) -> None:
         self.engine = engine
         self.batch = batch
         self.max_audit = max_audit
         self.probe_s = probe_s
+        self.linger_s = linger_s
+        self.audit_linger_s = audit_linger_s
+        self._expected = 0  # billed rows announced and not queued yet
         self._on_write = on_write  # (rows, seconds) of each committed group
         self._on_drop = on_drop  # audit rows dropped
         self._queue: collections.deque[_Pending] = collections.deque()
@@ -89,11 +97,22 @@ class Ledger:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
-    def commit(self, row: dict) -> concurrent.futures.Future:
-        """Queues a billed row; its future is done (None) once the row is committed, or
-        fails with :class:`LedgerUnavailable` (or the row's own data error)."""
+    def expecting(self, n: int) -> None:
+        """``n`` billed rows will come soon (their answers are being encoded); -n: they will
+        not after all. The writer waits for them, briefly, so that they share a commit."""
+        with self._cond:
+            self._expected = max(0, self._expected + n)
+            if n < 0:
+                self._cond.notify_all()
+
+    def commit(self, row: dict, expected: bool = False) -> concurrent.futures.Future:
+        """Queues a billed row (``expected``: announced by :meth:`expecting`); its future is
+        done (None) once the row is committed, or fails with :class:`LedgerUnavailable` (or
+        the row's own data error)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
+            if expected:
+                self._expected = max(0, self._expected - 1)
             if self._stopping:
                 future.set_exception(LedgerUnavailable("the ledger is closed"))
                 return future
@@ -168,6 +187,12 @@ class Ledger:
                    and not self._abandoned):
                 self._cond.wait()
             if self._stopping and (not self._queue or not self.healthy):
+                if self.healthy and self._abandoned:
+                    self._cond.release()  # (the lock is not held while the database works)
+                    try:
+                        self._unbill_abandoned()
+                    finally:
+                        self._cond.acquire()
                 self._fail_billed("the server is stopping")
                 if self._queue:
                     logger.error("usage ledger: %d failed requests' rows not written (the "
@@ -179,6 +204,22 @@ class Ledger:
             else:
                 unhealthy = False
             if not unhealthy:
+                # Rows of the same engine batch are on their way: wait for them, briefly.
+                deadline = time.monotonic() + self.linger_s
+                while (self._expected > 0 and len(self._queue) < self.batch
+                       and not self._stopping):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                # Audit rows alone are waited for by nobody: gather them for a while.
+                deadline = time.monotonic() + self.audit_linger_s
+                while (not self._has_billed() and len(self._queue) < self.batch
+                       and not self._stopping):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 group = []
                 while self._queue and len(group) < self.batch:
                     p = self._queue.popleft()
@@ -192,7 +233,7 @@ class Ledger:
         try:
             if group:
                 self._write(group)
-                self._unbill_abandoned()
+            self._unbill_abandoned()
         except BaseException as e:
             logger.exception("usage ledger writer: unexpected error")
             for p in group:  # No billed request may wait for ever on its row.
@@ -213,11 +254,16 @@ class Ledger:
             return
         try:
             db.unbill(self.engine, sorted(ids))
-        except Exception as e:  # Kept for the next group: they must not stay billed.
-            logger.error("usage ledger: %d abandoned rows not yet marked unbilled (%s)",
-                         len(ids), _reason(e))
-            with self._cond:
-                self._abandoned |= ids
+        except Exception as e:
+            if _is_outage(e):  # Kept until the database answers: they must not stay billed.
+                logger.error("usage ledger: %d abandoned rows not yet marked unbilled (%s)",
+                             len(ids), _reason(e))
+                with self._cond:
+                    self._abandoned |= ids
+                self._outage([], e)
+            else:  # Not retried (it would fail again): said, with the rows it concerns.
+                logger.error("usage ledger: rows %s could not be marked unbilled: %s",
+                             ", ".join(sorted(ids)), _reason(e))
         else:
             logger.warning("usage ledger: %d rows written after their requests were answered "
                            "503 (the database was slow) marked unbilled", len(ids))

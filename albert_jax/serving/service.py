@@ -35,6 +35,7 @@ from albert_jax.serving.ledger import Ledger, LedgerUnavailable, _is_outage
 from albert_jax.serving.metrics import Metrics
 from albert_jax.serving.models import ServedModel
 from albert_jax.serving.ratelimit import TokenBuckets, retry_after
+from albert_jax.serving.text import printable
 
 logger = logging.getLogger(__name__)
 
@@ -230,10 +231,11 @@ class Service:
         if not ctx.billed:
             self.ledger.record(self._row(ctx))
 
-    async def bill(self, ctx: RequestContext) -> None:
-        """Commits an answered request's row; 503 when the ledger cannot store it within
-        ``db_timeout_s`` (the row is then not billed: :meth:`Ledger.abandon`)."""
-        future = self.ledger.commit(self._row(ctx, status=200))
+    async def bill(self, ctx: RequestContext, expected: bool = False) -> None:
+        """Commits an answered request's row (``expected``: announced to the ledger); 503
+        when the ledger cannot store it within ``db_timeout_s`` (the row is then not
+        billed: :meth:`Ledger.abandon`)."""
+        future = self.ledger.commit(self._row(ctx, status=200), expected=expected)
         try:
             await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)),
                                    self.options.db_timeout_s)
@@ -327,7 +329,7 @@ class Service:
     def model(self, name: str, ctx: RequestContext) -> ServedModel:
         served = self.models.get(name)
         if served is None:
-            raise ServiceError(404, "not_found", f"no model {_quoted(name)} here (served: "
+            raise ServiceError(404, "not_found", f"no model '{printable(name, 60)}' here (served: "
                                f"{', '.join(self.models)})")
         ctx.model = name
         return served
@@ -389,7 +391,7 @@ class Service:
             for t in dict.fromkeys(targets):
                 tid, _exact = fm.resolve_target(t)
                 if tid is None:
-                    raise ValueError(f"unknown target {_quoted(t)}: it has no vocabulary "
+                    raise ValueError(f"unknown target '{printable(t, 60)}': it has no vocabulary "
                                      "piece")
                 ids.append(tid)
             target_ids = np.asarray(sorted(set(ids)), dtype=np.int64)  # as FillMask does
@@ -450,11 +452,11 @@ class Service:
             return json.dumps(render(answers), ensure_ascii=False,
                               allow_nan=False).encode("utf-8")
 
-        body = await self._run(self._cpu_pool, encode)
-        await self.bill(ctx)  # Committed before the answer leaves.
+        self.ledger.expecting(1)  # This batch's rows come together: one commit for them.
+        try:
+            body = await self._run(self._cpu_pool, encode)
+        except BaseException:
+            self.ledger.expecting(-1)
+            raise
+        await self.bill(ctx, expected=True)  # Committed before the answer leaves.
         return body
-
-
-def _quoted(text: str, limit: int = 60) -> str:
-    """A client's string as echoed in an error: repr (controls escaped), cut to ``limit``."""
-    return repr(text) if len(text) <= limit else f"{text[:limit]!r}... ({len(text)} characters)"
