@@ -564,14 +564,7 @@ class Engine:
             raise ValueError("empty sequence")
         if len(ids) > self.max_length:
             raise ValueError(f"{len(ids)} tokens long; at most {self.max_length} are accepted")
-        arr = np.asarray(ids)
-        if arr.ndim != 1 or arr.dtype.kind not in "iu":
-            raise TypeError("ids must be a sequence of integer token ids")
-        low, high = int(arr.min()), int(arr.max())
-        if low < 0 or high >= self.vocab_size:
-            bad = low if low < 0 else high
-            raise ValueError(f"ids: token id {bad} is outside the vocabulary "
-                             f"0..{self.vocab_size - 1}")
+        self._check_vocab_ids("ids", ids)
         if position is not None:
             if not _is_int(position):
                 raise TypeError(f"position must be an integer, got {type(position).__name__}")
@@ -588,15 +581,20 @@ class Engine:
             if isinstance(targets, (str, bytes, Mapping)) or not hasattr(targets, "__len__"):
                 raise TypeError(f"targets must be a sequence of integer token ids, got "
                                 f"{type(targets).__name__}")
-            tarr = np.asarray(targets)
-            if tarr.size:
-                if tarr.ndim != 1 or tarr.dtype.kind not in "iu":
-                    raise TypeError("targets must be a sequence of integer token ids")
-                low, high = int(tarr.min()), int(tarr.max())
-                if low < 0 or high >= self.vocab_size:
-                    bad = low if low < 0 else high
-                    raise ValueError(f"targets: token id {bad} is outside the vocabulary "
-                                     f"0..{self.vocab_size - 1}")
+            if len(targets):
+                self._check_vocab_ids("targets", targets)
+
+    def _check_vocab_ids(self, name: str, values: Sequence[int]) -> None:
+        """TypeError unless ``values`` (non-empty) is 1-D integer ids; ValueError naming the
+        first id outside the vocabulary."""
+        arr = np.asarray(values)
+        if arr.ndim != 1 or arr.dtype.kind not in "iu":
+            raise TypeError(f"{name} must be a sequence of integer token ids")
+        low, high = int(arr.min()), int(arr.max())
+        if low < 0 or high >= self.vocab_size:
+            bad = low if low < 0 else high
+            raise ValueError(f"{name}: token id {bad} is outside the vocabulary "
+                             f"0..{self.vocab_size - 1}")
 
     def _check_rows(self, rows: Any, num_targets: int | None = None) -> list[Row]:
         """``rows`` as a list, each checked; ``num_targets``: the most targets a row may

@@ -118,6 +118,30 @@ class Server:
         self._log.close()
 
 
+# ---------------------------------------------------------------------- Chromium
+def chromium(profile_dir: Path, browser_log: bool = False):
+    """Headless Debian Chromium under selenium (a fresh profile in ``profile_dir``, no
+    background networking: this machine's network is closed); skips when not installed.
+    ``browser_log``: the console and CSP messages can be read (``driver.get_log``)."""
+    webdriver = pytest.importorskip("selenium.webdriver")
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not binary or not driver_path:
+        pytest.skip("chromium and chromium-driver are not installed "
+                    "(apt-get install -y chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--window-size=1200,800",
+                 f"--user-data-dir={profile_dir}"):
+        options.add_argument(flag)
+    if browser_log:
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path),
+                            options=options)
+
+
 # ---------------------------------------------------------------------- PostgreSQL
 def _pg_bin() -> Path | None:
     for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):

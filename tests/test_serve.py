@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +14,15 @@ import pytest
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 from conftest import child_env  # noqa: E402
-from serve_util import REPO, Server, cli, free_port, jax_cache_dir, tiny_model  # noqa: E402
+from serve_util import (  # noqa: E402
+    REPO,
+    Server,
+    chromium,
+    cli,
+    free_port,
+    jax_cache_dir,
+    tiny_model,
+)
 
 from albert_jax.inference import FillMask  # noqa: E402
 
@@ -395,24 +402,10 @@ def test_usage_endpoint_and_cli(env):
 # ---------------------------------------------------------------------- browser
 def test_page_in_headless_chromium(env):
     """Types a prompt and a key into the model page, submits, reads the ranked lines."""
-    webdriver = pytest.importorskip("selenium.webdriver")
+    driver = chromium(env["root"] / "chromium-profile")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver_path = shutil.which("chromedriver")
-    if not chromium or not driver_path:
-        pytest.skip("chromium and chromium-driver are not installed "
-                    "(apt-get install -y chromium chromium-driver)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--window-size=1200,800",
-                 f"--user-data-dir={env['root'] / 'chromium-profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path),
-                              options=options)
     try:
         driver.get(env["a"].url + "/models/tiny")
         assert "tiny" in driver.find_element(By.ID, "model-name").text

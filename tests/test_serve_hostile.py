@@ -346,27 +346,13 @@ class TestPage:
     def test_page_in_browser_under_the_policy(self, hostile) -> None:
         """Chromium: the hostile link runs nothing, the page computes an answer with no CSP
         violation, /docs renders the spec with none; an injected inline script is refused."""
-        import shutil
         import time
 
-        webdriver = pytest.importorskip("selenium.webdriver")
+        from serve_util import chromium
+
+        driver = chromium(hostile["root"] / "chromium-profile", browser_log=True)
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait
-
-        chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-        driver_path = shutil.which("chromedriver")
-        if not chromium or not driver_path:
-            pytest.skip("chromium and chromium-driver are not installed")
-        options = webdriver.ChromeOptions()
-        options.binary_location = chromium
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu",
-                     "--disable-background-networking", "--disable-component-update",
-                     "--disable-sync", "--no-first-run", "--window-size=1200,800",
-                     f"--user-data-dir={hostile['root'] / 'chromium-profile'}"):
-            options.add_argument(flag)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path),
-                                  options=options)
 
         def violations() -> list[str]:
             return [e["message"] for e in driver.get_log("browser")
@@ -778,6 +764,16 @@ async def _clients(url: str, key: str, n_clients: int, stop, answers: list, text
         await asyncio.gather(*(loop(client, j) for j in range(n_clients)))
 
 
+def _usage_row(request_id: str | None, **changes) -> dict:
+    """A billed ledger row as the service writes one (``changes`` replace fields)."""
+    from albert_jax.serving import db
+
+    return {"request_id": request_id, "created_at": db.now(), "day": "2026-12-08",
+            "key_name": "k", "model": "tiny", "endpoint": "POST /v1/inference/{model}",
+            "status": 200, "error_type": None, "tokens": 3, "runtime_ms": 1.0, "cost": 1.0,
+            "latency_ms": 2.0, "replica": "t", **changes}
+
+
 def _wait_log(server, text: str, timeout: float = 10.0) -> str:
     """The server's log once it holds ``text`` (an access line is written after its answer
     is sent), or as it is after ``timeout``."""
@@ -870,11 +866,7 @@ class TestBilling:
         engine = db.connect(f"sqlite:///{tmp_path / 'l.db'}")
 
         def row(i: int, **changes) -> dict:
-            now = db.now()
-            return {"request_id": f"r{i}", "created_at": now, "day": "2026-12-08",
-                    "key_name": "k", "model": "tiny", "endpoint": "POST /v1/inference/{model}",
-                    "status": 200, "error_type": None, "tokens": 3, "runtime_ms": 1.0,
-                    "cost": 0.001, "latency_ms": 2.0, "replica": "t", **changes}
+            return _usage_row(f"r{i}", **{"cost": 0.001, **changes})
 
         db.insert_usage(engine, [row(0)])
         ledger = Ledger(engine)
@@ -909,9 +901,7 @@ class TestBilling:
 
         monkeypatch.setattr(ledger_module.db, "insert_usage", flaky)
         ledger = ledger_module.Ledger(engine)
-        row = {"created_at": db.now(), "day": "d", "key_name": "k", "model": "m",
-               "endpoint": "e", "status": 200, "error_type": None, "tokens": 1,
-               "runtime_ms": 1.0, "cost": 1.0, "latency_ms": 1.0, "replica": "r"}
+        row = _usage_row(None)
         try:
             with pytest.raises(RuntimeError, match="a bug"):
                 ledger.commit({**row, "request_id": "a"}).result(10)
@@ -939,9 +929,7 @@ class TestBilling:
 
         monkeypatch.setattr(ledger_module.db, "insert_usage", slow)
         ledger = ledger_module.Ledger(engine)
-        row = {"created_at": db.now(), "day": "d", "key_name": "k", "model": "m",
-               "endpoint": "e", "status": 200, "error_type": None, "tokens": 1,
-               "runtime_ms": 1.0, "cost": 1.0, "latency_ms": 1.0, "replica": "r"}
+        row = _usage_row(None)
         try:
             first = ledger.commit({**row, "request_id": "in-flight"})
             deadline = time.monotonic() + 10

@@ -172,13 +172,9 @@ class Batcher:
         with self._cond:
             return not self._queue and not self._busy
 
-    def share(self, owner: str | None) -> int:
-        """Rows ``owner`` may have waiting now: ``max_queue`` divided among the owners with
-        rows waiting (``owner`` included) plus one share kept for a newcomer."""
-        with self._cond:
-            return self._share(owner)
-
     def _share(self, owner: str | None) -> int:
+        """Rows ``owner`` may have waiting now (lock held): ``max_queue`` divided among the
+        owners with rows waiting (``owner`` included) plus one share kept for a newcomer."""
         active = len(self._owned) + (owner not in self._owned)
         return max(1, -(-self.max_queue // (active + 1)))
 

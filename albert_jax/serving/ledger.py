@@ -89,6 +89,8 @@ class Ledger:
         self._abandoned: set[str] = set()  # request ids whose waiter gave up mid-write
         self.healthy = True
         self.last_error: str | None = None
+        # The URL as given (password included) only so that its messages can scrub it.
+        self._url = engine.url.render_as_string(hide_password=False)
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
 
@@ -167,6 +169,10 @@ class Ledger:
             self._cond.notify_all()
         self._thread.join(timeout)
 
+    def _reason(self, error: BaseException) -> str:
+        """One line for the log: the driver's message, the database URL password-free."""
+        return db.describe_error(self._url, error)[:300]
+
     # ------------------------------------------------------------------ writer thread
     def _has_billed(self) -> bool:
         return any(p.future is not None for p in self._queue)
@@ -238,7 +244,7 @@ class Ledger:
             logger.exception("usage ledger writer: unexpected error")
             for p in group:  # No billed request may wait for ever on its row.
                 if p.future is not None and not p.future.done():
-                    p.future.set_exception(LedgerUnavailable(_reason(e)))
+                    p.future.set_exception(LedgerUnavailable(self._reason(e)))
         finally:
             with self._cond:
                 self._audit -= sum(p.future is None for p in group)
@@ -257,13 +263,13 @@ class Ledger:
         except Exception as e:
             if _is_outage(e):  # Kept until the database answers: they must not stay billed.
                 logger.error("usage ledger: %d abandoned rows not yet marked unbilled (%s)",
-                             len(ids), _reason(e))
+                             len(ids), self._reason(e))
                 with self._cond:
                     self._abandoned |= ids
                 self._outage([], e)
             else:  # Not retried (it would fail again): said, with the rows it concerns.
                 logger.error("usage ledger: rows %s could not be marked unbilled: %s",
-                             ", ".join(sorted(ids)), _reason(e))
+                             ", ".join(sorted(ids)), self._reason(e))
         else:
             logger.warning("usage ledger: %d rows written after their requests were answered "
                            "503 (the database was slow) marked unbilled", len(ids))
@@ -273,7 +279,7 @@ class Ledger:
             with self.engine.connect() as conn:
                 conn.execute(sa.text("SELECT 1"))
         except Exception as e:
-            self.last_error = _reason(e)
+            self.last_error = self._reason(e)
             return
         with self._cond:
             self.healthy = True
@@ -287,7 +293,7 @@ class Ledger:
         with self._cond:
             was = self.healthy
             self.healthy = False
-            self.last_error = _reason(error)
+            self.last_error = self._reason(error)
             self._fail_billed(self.last_error)
             self._cond.notify_all()
         if was:
@@ -343,17 +349,16 @@ class Ledger:
             return conn.execute(sa.select(db.usage.c.id).where(
                 db.usage.c.request_id == row.get("request_id"))).first() is not None
 
-    @staticmethod
-    def _refused(p: _Pending, error: BaseException) -> None:
+    def _refused(self, p: _Pending, error: BaseException) -> None:
         logger.error("usage row %s refused by the database: %s", p.row.get("request_id"),
-                     _reason(error))
+                     self._reason(error))
         if p.future is not None:
             p.future.set_exception(error)
 
     def _outage(self, group: Sequence[_Pending], error: BaseException) -> None:
         """The database is down: billed rows fail (their requests get 503), audit rows go
         back to the front of the queue for when it answers again."""
-        reason = _reason(error)
+        reason = self._reason(error)
         with self._cond:
             for p in reversed(group):
                 if p.future is None:
@@ -367,10 +372,3 @@ class Ledger:
             self._fail_billed(reason)
         if was:
             logger.error("usage ledger: the database is unavailable (%s)", reason)
-
-
-def _reason(error: BaseException) -> str:
-    """One line naming the error (SQLAlchemy's text without its SQL and parameters)."""
-    text = str(getattr(error, "orig", None) or error)
-    line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    return line[:200]

@@ -243,9 +243,9 @@ class Service:
             self.ledger.abandon(future, ctx.request_id)
             raise self._unavailable(TimeoutError(
                 f"a commit took longer than {self.options.db_timeout_s:g} s")) from None
-        except LedgerUnavailable as e:
-            raise ServiceError(503, "unavailable", f"the usage ledger is unavailable ({e}): "
-                               "retry shortly", {"Retry-After": "2"}) from None
+        except LedgerUnavailable:  # (Its reason, the driver's message, is in the log.)
+            raise ServiceError(503, "unavailable", "the usage ledger is unavailable: retry "
+                               "shortly", {"Retry-After": "2"}) from None
         except sa.exc.SQLAlchemyError:  # The row's own values refused: a bug, logged.
             raise ServiceError(500, "internal", f"internal error (request id "
                                f"{ctx.request_id})") from None
@@ -262,7 +262,7 @@ class Service:
         if not self.ledger.alive:
             return "the usage ledger writer has stopped"
         if not self.ledger.healthy:
-            return f"the database is unavailable ({self.ledger.last_error})"
+            return "the database is unavailable"  # (the driver's message: in the log)
         return None
 
     def check_open(self) -> None:
