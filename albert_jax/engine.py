@@ -53,6 +53,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -91,6 +92,10 @@ STEP_KINDS = ("probs", "topk", "topk_targets", "logprob", "pooled", "cls", "mean
 PACKED_KINDS = ("probs", "topk", "topk_targets", "logprob")
 # The steps that choose the top k on the device (``top_k`` applies to them).
 _TOPK_KINDS = ("topk", "topk_targets")
+# Tracing is not thread-safe (Flax builds module classes while it traces: two threads at once
+# once failed with "dictionary changed size during iteration"); compiling is, and releases
+# the GIL. compile_shape traces under this lock and compiles outside it.
+_TRACE_LOCK = threading.Lock()
 # Plan cost model: sustained matmul rate (FLOP/s) and seconds to compile one step shape,
 # per backend. Rough on purpose: the plan only needs the ratio of the two right to within
 # a factor of ~2 (measured: albert-base-v2 fill-mask step, 2 shared AVX2 cores).
@@ -549,7 +554,9 @@ class Engine:
                 self.run_batch(kind, row * rows, top_k=top_k, num_targets=num_targets)
             return
         with jax.set_mesh(self.mesh):
-            step.lower(*args).compile()
+            with _TRACE_LOCK:
+                lowered = step.lower(*args)
+            lowered.compile()
 
     # ---------------------------------------------------------------- host side
     def check(self, ids: Sequence[int], position: int | None = None,

@@ -247,8 +247,9 @@ class Batcher:
     def _warmup(self) -> None:
         """Compiles every (batch, length) shape the server can run, without running them
         (compiled ahead of time: a run of each would cost more than loading it from the
-        persistent cache), on ``compile_threads`` threads (XLA compiles without the GIL
-        while the next shape traces); logs the progress."""
+        persistent cache), on ``compile_threads`` threads (XLA compiles one shape without
+        the GIL while the next traces: :meth:`Engine.compile_shape` traces one at a time);
+        logs the progress."""
         start = time.perf_counter()
         total = len(self.shapes)
         logger.info("%s: compiling %d shapes", self.name, total)
